@@ -1,0 +1,244 @@
+"""Compute CAM-family and head maps for a batch, sharing one forward pass."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from wsol.cams import formulas
+from wsol.cams.scorecam import scorecam_scores
+from wsol.heads import ClassifierHead
+from wsol.model import WSOLModel
+
+#: Maps computed from the classifier (activations and gradients of one encoder tap).
+CAM_METHODS = ("cam", "gradcam", "gradcampp", "xgradcam", "layercam", "scorecam", "smoothgradcampp")
+#: Maps read from the localization heads.
+HEAD_METHODS = ("fcam", "pixelcam")
+METHODS = CAM_METHODS + HEAD_METHODS
+
+_GRADIENT_METHODS = {
+    "gradcam": formulas.gradcam,
+    "gradcampp": formulas.gradcampp,
+    "xgradcam": formulas.xgradcam,
+    "layercam": formulas.layercam,
+}
+
+
+@dataclass
+class CamResult:
+    """Maps of several methods for one batch, with the class scores behind them."""
+
+    maps: dict[str, torch.Tensor]  # method -> [B, H, W] in [0, 1]
+    logits: torch.Tensor  # [B, num_classes]
+    targets: torch.Tensor  # [B] class each map explains
+
+
+def compute(
+    model: WSOLModel,
+    images: torch.Tensor,
+    method: str,
+    targets: int | Sequence[int] | torch.Tensor | None = None,
+    **options: object,
+) -> torch.Tensor:
+    """Localization map of one method for a batch.
+
+    Parameters
+    ----------
+    model : WSOLModel
+        The model; put in eval mode for the call.
+    images : Tensor [B, 3, H, W]
+        Model inputs (normalized; see :meth:`WSOLModel.normalize`).
+    method : str
+        One of :data:`METHODS`.
+    targets : int, sequence of int or Tensor [B], optional
+        The class to explain per sample; ``None`` takes the predicted class.
+    **options
+        Method options, see :func:`compute_many`.
+
+    Returns
+    -------
+    Tensor [B, H, W]
+        Maps in [0, 1] on the model's device, at input resolution. CAM-family maps
+        are ReLU'd, upsampled bilinearly and min-max normalized per image; ``fcam``
+        and ``pixelcam`` are foreground probabilities of the heads.
+    """
+    return compute_many(model, images, [method], targets, **options).maps[method]
+
+
+def compute_many(
+    model: WSOLModel,
+    images: torch.Tensor,
+    methods: Iterable[str],
+    targets: int | Sequence[int] | torch.Tensor | None = None,
+    *,
+    layer: int = -1,
+    scorecam_batch_size: int | None = None,
+    scorecam_scale: float = 1.0,
+    smooth_samples: int = 8,
+    smooth_noise: float = 0.15,
+    seed: int = 0,
+) -> CamResult:
+    """Maps of several methods from one encoder forward and one partial backward.
+
+    Parameters
+    ----------
+    model, images, targets
+        As in :func:`compute`.
+    methods : iterable of str
+        Any of :data:`METHODS`.
+    layer : int
+        Encoder tap the CAM family explains (default: the classifier's, the last).
+        The gradient only flows from the scores back to this tap.
+    scorecam_batch_size : int, optional
+        Masked images per Score-CAM forward; default 16 on CPU (larger batches ran
+        slower on the 2-core benchmark machine), 128 on GPU.
+    scorecam_scale : float
+        1 (default) is exact Score-CAM; below 1 the masked images are scored at that
+        fraction of the input size, an opt-in approximation (0.5: ~4x faster).
+    smooth_samples, smooth_noise : int, float
+        Smooth Grad-CAM++: noisy copies per image and noise std as a fraction of each
+        image's value range.
+    seed : int
+        Seed of Smooth Grad-CAM++'s noise, so maps are reproducible.
+    """
+    methods = list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    if images.ndim != 4:
+        raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
+    x = images.to(model.device)
+    size = (x.shape[-2], x.shape[-1])
+    tap = layer % len(model.feature_channels)
+    # With a GAP + linear head, dS/dA on the head's own tap is W_c / (h w) for every
+    # input: all noisy copies of Smooth Grad-CAM++ share the clean gradient, so their
+    # average is known without running them (exactly; tests compare both ways).
+    linear_tap = tap == model.cam_tap and isinstance(model.classifier, ClassifierHead)
+    needs_grads = any(m in _GRADIENT_METHODS for m in methods) or (
+        linear_tap and "smoothgradcampp" in methods
+    )
+    if "cam" in methods and tap != model.cam_tap:
+        raise ValueError("cam is defined on the classifier's tap only (layer=-1)")
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            features = model.forward_features(x) if tap == model.cam_tap else None
+        acts, grads, logits, t = _activations_and_gradients(
+            model, x, features, tap, targets, with_grads=needs_grads
+        )
+        maps: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for method in methods:
+                if method in HEAD_METHODS:
+                    if features is None:
+                        features = model.forward_features(x)
+                    maps[method] = _head_map(model, method, features, size, t)
+                    continue
+                if method == "cam":
+                    raw = formulas.cam(acts, model.classifier.fc.weight[t])
+                elif method in _GRADIENT_METHODS:
+                    raw = _GRADIENT_METHODS[method](acts, grads)
+                elif method == "scorecam":
+                    chunk = scorecam_batch_size or (16 if x.device.type == "cpu" else 128)
+                    scores = scorecam_scores(model, x, acts, t, chunk, scorecam_scale)
+                    raw = formulas.weighted_sum(formulas.scorecam_weights(scores), acts)
+                else:  # smoothgradcampp
+                    if linear_tap:
+                        noisy = grads.unsqueeze(0)
+                    else:
+                        noisy = _noisy_gradients(
+                            model, x, tap, t, smooth_samples, smooth_noise, seed
+                        )
+                    raw = formulas.smoothgradcampp(acts, noisy)
+                maps[method] = formulas.normalize_maps(formulas.upsample(raw, size))
+    finally:
+        model.train(was_training)
+    return CamResult(maps, logits.detach(), t)
+
+
+def _resolve_targets(
+    targets: int | Sequence[int] | torch.Tensor | None, logits: torch.Tensor
+) -> torch.Tensor:
+    batch, num_classes = logits.shape
+    if targets is None:
+        return logits.argmax(dim=1)
+    t = torch.as_tensor(targets, dtype=torch.long, device=logits.device)
+    if t.ndim == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(f"need one target per sample ({batch}), got shape {tuple(t.shape)}")
+    if (t < 0).any() or (t >= num_classes).any():
+        raise ValueError(f"targets must be class indices in [0, {num_classes}), got {t.tolist()}")
+    return t
+
+
+def _activations_and_gradients(
+    model: WSOLModel,
+    x: torch.Tensor,
+    features: list[torch.Tensor] | None,
+    tap: int,
+    targets: int | Sequence[int] | torch.Tensor | None,
+    with_grads: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Activations of ``tap``, gradients of the target scores w.r.t. them, logits, targets.
+
+    For the classifier's tap the encoder ran without a graph and only GAP + linear is
+    differentiated. Other taps need the graph from the tap to the scores.
+    """
+    with torch.enable_grad():
+        if features is not None:
+            acts = features[tap].detach().requires_grad_(with_grads)
+            logits = model.classifier(acts)
+        else:
+            feats = model.forward_features(x.detach().requires_grad_(True))
+            acts = feats[tap]
+            logits = model.classify(feats)
+        t = _resolve_targets(targets, logits)
+        grads = None
+        if with_grads:
+            score = logits.gather(1, t[:, None]).sum()
+            (grads,) = torch.autograd.grad(score, acts)
+    return acts.detach(), grads, logits.detach(), t
+
+
+def _noisy_gradients(
+    model: WSOLModel,
+    x: torch.Tensor,
+    tap: int,
+    targets: torch.Tensor,
+    samples: int,
+    noise: float,
+    seed: int,
+) -> torch.Tensor:
+    """Gradients ``[N, B, K, h, w]`` for N noisy copies of the batch, in one pass."""
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    flat = x.flatten(1)
+    sigma = noise * (flat.amax(dim=1) - flat.amin(dim=1)).view(1, -1, 1, 1, 1)
+    eps = torch.randn((samples, *x.shape), generator=gen, device=x.device, dtype=x.dtype)
+    noisy = (x.unsqueeze(0) + sigma * eps).flatten(0, 1)
+    t = targets.repeat(samples)
+    with torch.no_grad():
+        feats = model.forward_features(noisy) if tap == model.cam_tap else None
+    _, grads, _, _ = _activations_and_gradients(model, noisy, feats, tap, t, with_grads=True)
+    return grads.view(samples, *x.shape[:1], *grads.shape[1:])
+
+
+def _head_map(
+    model: WSOLModel,
+    method: str,
+    features: list[torch.Tensor],
+    size: tuple[int, int],
+    targets: torch.Tensor,
+) -> torch.Tensor:
+    if method == "fcam":
+        return torch.softmax(model.fcam_logits(features, size), dim=1)[:, 1]
+    probs = torch.softmax(model.pixel_logits(features, size), dim=1)
+    if probs.shape[1] == 2:
+        return probs[:, 1]
+    # Multi-class PixelCAM: channel 0 is background, channel c + 1 is class c.
+    index = (targets + 1).view(-1, 1, 1, 1).expand(-1, 1, *probs.shape[-2:])
+    return probs.gather(1, index)[:, 0]

@@ -1,0 +1,202 @@
+"""The ``wsol`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from wsol.errors import InputError, WSOLError
+
+EXIT_INPUT = 2
+
+
+def _methods(text: str) -> list[str]:
+    from wsol.cams import METHODS
+
+    names = list(METHODS) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(unknown) or '(none)'}; "
+            f"choose from {', '.join(METHODS)} or all"
+        )
+    return names
+
+
+def _method(text: str) -> str:
+    names = _methods(text)
+    if len(names) != 1:
+        raise argparse.ArgumentTypeError("give one method")
+    return names[0]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsol",
+        description="Weakly supervised object localization: CAM family, F-CAM and PixelCAM maps.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="print the model summary and write overlays for a sample image")
+    p.add_argument("--image", type=Path, help="image to explain (default: the sample H&E tile)")
+    p.add_argument("--checkpoint", type=Path, help="model checkpoint (default: untrained resnet18)")
+    p.add_argument(
+        "--methods", type=_methods, default="all", help="comma-separated methods or 'all'"
+    )
+    p.add_argument("--out", type=Path, default=Path("wsol-demo"), help="output folder")
+
+    p = sub.add_parser("cam", help="compute one method's map for an image")
+    p.add_argument("image", type=Path)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--method", type=_method, default="gradcam")
+    p.add_argument("--target", help="class index or name to explain (default: predicted)")
+    p.add_argument("--out", type=Path, required=True, help="output map: .npy, .png or .tif")
+    p.add_argument("--native", action="store_true", help="run at the image's own size (no resize)")
+
+    p = sub.add_parser("eval", help="evaluate methods on a dataset folder (labels.csv, masks/)")
+    p.add_argument("dataset", type=Path)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--methods", type=_methods, default="cam,gradcam")
+    p.add_argument("--json", type=Path, help="write the metrics here")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--tau", type=float, help="also report Dice/IoU at this threshold")
+    p.add_argument("--no-boxes", action="store_true", help="skip MaxBoxAcc / MaxBoxAccV2")
+
+    p = sub.add_parser("bench", help="benchmarks")
+    bench = p.add_subparsers(dest="bench", required=True)
+    b = bench.add_parser("cams", help="CAM family vs forward floor and pytorch-grad-cam")
+    b.add_argument("--json", type=Path, help="write the report here")
+    b.add_argument("--backbone", default="resnet18")
+    b.add_argument("--batch", type=int, default=16)
+    b.add_argument("--size", type=int, default=224)
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--scorecam-images", type=int, default=1)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--no-reference", action="store_true", help="skip pytorch-grad-cam")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (InputError, FileNotFoundError, IsADirectoryError) as exc:
+        print(f"wsol {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except WSOLError as exc:
+        print(f"wsol {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"wsol {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from wsol.demo import run_demo
+
+    run_demo(args.out, image=args.image, checkpoint=args.checkpoint, methods=args.methods)
+    return 0
+
+
+def _cam(args: argparse.Namespace) -> int:
+    from wsol.checkpoint import load_model
+    from wsol.imageio import MAP_SUFFIXES, read_image, write_map
+    from wsol.infer_image import image_maps
+
+    if args.out.suffix.lower() not in MAP_SUFFIXES:
+        raise InputError(
+            f"{args.out}: unsupported output format; use one of {', '.join(MAP_SUFFIXES)}"
+        )
+    model = load_model(args.checkpoint)
+    target = _target(args.target, model.config.class_names)
+    image = read_image(args.image)
+    result = image_maps(model, image, [args.method], target, native=args.native)
+    write_map(args.out, result.maps[args.method])
+    names = model.config.class_names
+    probs = ", ".join(f"{n} {p:.3f}" for n, p in zip(names, result.probabilities, strict=True))
+    print(f"{args.image}: {probs}; {args.method} explains {names[result.target]!r} -> {args.out}")
+    return 0
+
+
+def _target(text: str | None, class_names: list[str]) -> int | None:
+    if text is None:
+        return None
+    if text in class_names:
+        return class_names.index(text)
+    if text.isdigit() and int(text) < len(class_names):
+        return int(text)
+    raise InputError(f"--target {text!r}: not a class of this model ({', '.join(class_names)})")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from wsol.checkpoint import load_model
+    from wsol.data import WSOLDataset
+    from wsol.evaluate import evaluate, format_report
+
+    if args.tau is not None and not 0 <= args.tau <= 1:
+        raise InputError(f"--tau {args.tau}: must be in [0, 1]")
+    model = load_model(args.checkpoint)
+    dataset = WSOLDataset(args.dataset, model.config.class_names)
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r{done}/{total} images", end="", file=sys.stderr, flush=True)
+
+    report = evaluate(
+        model,
+        dataset,
+        args.methods,
+        batch_size=args.batch_size,
+        tau=args.tau,
+        boxes=not args.no_boxes,
+        progress=progress,
+    )
+    print(file=sys.stderr)
+    report["checkpoint"] = str(args.checkpoint)
+    report["dataset"] = str(args.dataset)
+    print(format_report(report))
+    if args.json:
+        _write_json(args.json, report)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from wsol.bench import bench_cams, markdown_table
+
+    report = bench_cams(
+        backbone=args.backbone,
+        batch=args.batch,
+        size=args.size,
+        repeats=args.repeats,
+        scorecam_images=args.scorecam_images,
+        device=args.device,
+        reference=not args.no_reference,
+    )
+    print()
+    print(markdown_table(report))
+    if args.json:
+        _write_json(args.json, report)
+    return 0
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from wsol.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def _version() -> str:
+    from wsol import __version__
+
+    return __version__
+
+
+_COMMANDS = {"demo": _demo, "cam": _cam, "eval": _eval, "bench": _bench}
+
+if __name__ == "__main__":
+    raise SystemExit(main())

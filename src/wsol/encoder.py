@@ -1,0 +1,94 @@
+"""The shared encoder: a timm backbone with ``features_only`` taps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+from torch import nn
+
+from wsol.errors import PretrainedWeightsError
+
+# Backbones whose last timm tap is a bare max-pool of the one before. WSOL practice
+# (e.g. "Evaluating WSOL Methods Done Right") takes the CAM from the last convolution,
+# at stride 16, which doubles the CAM's resolution for free.
+_DROP_FINAL_POOL = ("vgg",)
+
+
+def default_out_indices(backbone: str) -> list[int] | None:
+    """Encoder taps used when the config does not name any (``None``: timm's own)."""
+    if backbone.startswith(_DROP_FINAL_POOL):
+        return [0, 1, 2, 3, 4]
+    return None
+
+
+def build_encoder(
+    backbone: str,
+    out_indices: list[int] | None = None,
+    output_stride: int | None = None,
+    pretrained: bool | str | Path = False,
+) -> nn.Module:
+    """Create a timm ``features_only`` encoder.
+
+    Parameters
+    ----------
+    backbone : str
+        timm model name.
+    out_indices : list of int, optional
+        Feature taps; ``None`` uses :func:`default_out_indices`.
+    output_stride : int, optional
+        Dilated output stride (8 or 16) for backbones that support it (ResNets).
+    pretrained : bool or path
+        ``True`` downloads timm's pretrained weights (needs internet); a path loads a
+        local timm weights file (``.safetensors`` or ``.pth``) of the same backbone.
+    """
+    kwargs: dict = {"features_only": True}
+    indices = out_indices if out_indices is not None else default_out_indices(backbone)
+    if indices is not None:
+        kwargs["out_indices"] = tuple(indices)
+    if output_stride not in (None, 32):
+        kwargs["output_stride"] = output_stride
+    if "vit" in backbone or "deit" in backbone or "eva" in backbone:
+        # Tiles of any size: position embeddings are interpolated to the token grid.
+        kwargs["dynamic_img_size"] = True
+    if timm.models.is_model(backbone) is False:
+        raise ValueError(f"unknown timm backbone {backbone!r}")
+
+    if isinstance(pretrained, (str, Path)):
+        path = Path(pretrained)
+        if not path.is_file():
+            raise PretrainedWeightsError(f"{path}: pretrained weights file not found")
+        kwargs["pretrained"] = True
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+    else:
+        kwargs["pretrained"] = bool(pretrained)
+
+    try:
+        return timm.create_model(backbone, **kwargs)
+    except (TypeError, AssertionError, NotImplementedError) as exc:
+        if "output_stride" in kwargs:
+            # timm backbones without dilation reject the argument in their own ways
+            raise ValueError(
+                f"backbone {backbone!r} does not support output_stride={output_stride} "
+                f"(dilation); use a ResNet-family backbone or leave it unset"
+            ) from exc
+        raise
+    except (OSError, RuntimeError, ValueError) as exc:
+        if not kwargs["pretrained"]:
+            raise
+        if isinstance(pretrained, (str, Path)):
+            raise PretrainedWeightsError(
+                f"{pretrained}: could not load as {backbone!r} weights: {exc}"
+            ) from exc
+        raise PretrainedWeightsError(
+            f"could not fetch pretrained weights for {backbone!r} ({type(exc).__name__}: "
+            f"{exc}). Without internet access, download the timm weights file elsewhere "
+            f"and pass its path instead (create_model(..., pretrained='weights.safetensors') "
+            f"or --pretrained PATH)."
+        ) from exc
+
+
+def feature_info(encoder: nn.Module) -> tuple[list[int], list[int]]:
+    """Channels and reductions (strides) of the encoder's taps, shallowest first."""
+    info = encoder.feature_info
+    return list(info.channels()), list(info.reduction())

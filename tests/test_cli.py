@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+import wsol
+from test_data import make_dataset
+from wsol.cli import main
+from wsol.samples import sample_path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = wsol.create_model("resnet18", 2, class_names=["normal", "lesion"], input_size=64)
+    return model.save(tmp_path_factory.mktemp("ckpt") / "model.safetensors")
+
+
+def test_console_script_is_installed() -> None:
+    exe = shutil.which("wsol") or str(Path(sys.executable).parent / "wsol")
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == f"wsol {wsol.__version__}"
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".png", ".tif"])
+def test_cam_writes_a_map_of_the_image_size(
+    tmp_path: Path, checkpoint: Path, suffix: str, capsys
+) -> None:
+    out = tmp_path / f"map{suffix}"
+    code = main(
+        [
+            "cam",
+            str(sample_path("chelsea")),
+            "--checkpoint",
+            str(checkpoint),
+            "--method",
+            "gradcampp",
+            "--target",
+            "lesion",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    if suffix == ".npy":
+        heat = np.load(out)
+    elif suffix == ".tif":
+        heat = tifffile.imread(out)
+    else:
+        heat = np.asarray(Image.open(out)) / 255.0
+    assert heat.shape == (300, 451)
+    assert heat.min() >= 0 and heat.max() == pytest.approx(1.0, abs=0.01)
+    assert "explains 'lesion'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["cam", "{tmp}/missing.png", "--checkpoint", "{ckpt}", "--out", "{tmp}/o.npy"],
+            "missing.png: image not found",
+        ),
+        (
+            ["cam", "{bad}", "--checkpoint", "{ckpt}", "--out", "{tmp}/o.npy"],
+            "bad.png: cannot read image",
+        ),
+        (
+            ["cam", "{img}", "--checkpoint", "{tmp}/none.safetensors", "--out", "{tmp}/o.npy"],
+            "none.safetensors: checkpoint not found",
+        ),
+        (
+            ["cam", "{img}", "--checkpoint", "{ckpt}", "--out", "{tmp}/o.jpg"],
+            "o.jpg: unsupported output format",
+        ),
+        (
+            [
+                "cam",
+                "{img}",
+                "--checkpoint",
+                "{ckpt}",
+                "--target",
+                "tumour",
+                "--out",
+                "{tmp}/o.npy",
+            ],
+            "--target 'tumour'",
+        ),
+        (["eval", "{tmp}/nodata", "--checkpoint", "{ckpt}"], "nodata: dataset folder not found"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message_naming_the_file(
+    tmp_path: Path, checkpoint: Path, args, message, capsys
+) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"garbage")
+    fill = {
+        "tmp": str(tmp_path),
+        "ckpt": str(checkpoint),
+        "bad": str(bad),
+        "img": str(sample_path("chelsea")),
+    }
+    assert main([a.format(**fill) for a in args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.npy").exists()
+
+
+def test_unknown_method_is_an_argparse_error(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["cam", "x.png", "--checkpoint", "c", "--method", "gradkam", "--out", "o.npy"])
+    assert info.value.code == 2
+    assert "unknown method(s) gradkam" in capsys.readouterr().err
+
+
+def test_eval_writes_per_method_metrics(tmp_path: Path, checkpoint: Path) -> None:
+    data = make_dataset(tmp_path / "data", n=6, size=48)
+    out = tmp_path / "metrics.json"
+    code = main(
+        [
+            "eval",
+            str(data),
+            "--checkpoint",
+            str(checkpoint),
+            "--methods",
+            "cam,gradcam,fcam",
+            "--json",
+            str(out),
+            "--tau",
+            "0.5",
+            "--batch-size",
+            "4",
+        ]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["num_images"] == 6 and report["num_masks"] == 6
+    assert 0 <= report["accuracy"] <= 100
+    for method in ("cam", "gradcam", "fcam"):
+        entry = report["methods"][method]
+        assert 0 <= entry["pxap"] <= 100
+        assert set(entry["best"]) == {"tau", "dice_fg", "dice_bg", "iou_fg", "iou_bg"}
+        assert entry["at_tau"]["tau"] == 0.5
+        assert entry["box_images"] == 3  # only the lesion images have boxes
+    # CAM and Grad-CAM coincide for a GAP + linear classifier
+    assert report["methods"]["cam"]["pxap"] == pytest.approx(
+        report["methods"]["gradcam"]["pxap"], abs=0.01
+    )
+
+
+def test_eval_names_the_bad_mask(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    data = make_dataset(tmp_path / "data", n=2, size=48)
+    Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(data / "masks" / "img1.png")
+    assert main(["eval", str(data), "--checkpoint", str(checkpoint)]) == 2
+    assert "masks/img1.png: mask is 5x5 but image img1.png is 48x48" in capsys.readouterr().err
+
+
+def test_bench_cams_small_run(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    code = main(
+        ["bench", "cams", "--batch", "2", "--size", "64", "--repeats", "1", "--json", str(out)]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    rows = {r["method"]: r for r in report["rows"]}
+    assert rows["forward"]["ours_s"] > 0
+    assert "theirs_s" in rows["gradcam"] and "speedup" in rows["scorecam"]
+    assert rows["scorecam"]["per_image"] is True
+
+
+def test_demo_writes_overlays(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--out", str(tmp_path), "--methods", "cam,fcam,pixelcam"]) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [
+        "he_tile_cam.png",
+        "he_tile_fcam.png",
+        "he_tile_overview.png",
+        "he_tile_pixelcam.png",
+    ]
+    text = capsys.readouterr().out
+    assert "WSOLModel  resnet18" in text and "class probabilities" in text
+    overlay = np.asarray(Image.open(tmp_path / "he_tile_cam.png"))
+    assert overlay.shape == (512, 512, 3)
