@@ -78,9 +78,14 @@ class WSOLWidget(QWidget):
             self.image.value = active if active in choices else choices[0]
 
     def _image_layers(self, _widget: object = None) -> list:
+        """Image layers to explain; the maps this widget made are not offered."""
         from napari.layers import Image
 
-        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+        return [
+            layer
+            for layer in self.viewer.layers
+            if isinstance(layer, Image) and "wsol_method" not in layer.metadata
+        ]
 
     def _forget_model(self) -> None:
         self._model, self._model_key = None, ()

@@ -46,6 +46,8 @@ def test_widget_computes_maps_as_aligned_layers(viewer, qtbot, tmp_path: Path) -
         assert 0 <= layer.data.min() and layer.data.max() <= 1
         assert tuple(layer.scale) == pytest.approx(tuple(image.scale))
     assert viewer.layers["gradcam"].data.max() == pytest.approx(1.0, abs=0.01)
+    # maps are overlays, not images to explain
+    assert [layer.name for layer in widget.image.choices if layer is not None] == ["he_tile"]
     # the model's classes are offered as targets and the scores are shown
     assert list(widget.target.choices)[1:] == ["normal", "lesion"]
     assert "normal:" in widget.status.value and "lesion:" in widget.status.value
