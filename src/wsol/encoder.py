@@ -9,15 +9,25 @@ from torch import nn
 
 from wsol.errors import PretrainedWeightsError
 
-# Backbones whose last timm tap is a bare max-pool of the one before. WSOL practice
-# (e.g. "Evaluating WSOL Methods Done Right") takes the CAM from the last convolution,
-# at stride 16, which doubles the CAM's resolution for free.
+# timm modules whose last tap is a bare max-pool of the one before. WSOL practice
+# (e.g. "Evaluating WSOL Methods Right") takes the CAM from the last convolution, at
+# stride 16, which doubles the CAM's resolution for free.
 _DROP_FINAL_POOL = ("vgg",)
+# timm modules of ViT-style backbones, whose position embeddings fix the input size
+# unless ``dynamic_img_size`` is set.
+_TOKEN_FAMILIES = ("vision_transformer", "deit", "eva", "vision_transformer_hybrid")
+
+
+def backbone_family(backbone: str) -> str:
+    """The timm module that defines ``backbone`` (``resnet``, ``vgg``, ``deit`` ...)."""
+    if not timm.models.is_model(backbone):
+        raise ValueError(f"unknown timm backbone {backbone!r}")
+    return timm.models.model_entrypoint(backbone).__module__.rsplit(".", 1)[-1]
 
 
 def default_out_indices(backbone: str) -> list[int] | None:
     """Encoder taps used when the config does not name any (``None``: timm's own)."""
-    if backbone.startswith(_DROP_FINAL_POOL):
+    if backbone_family(backbone) in _DROP_FINAL_POOL:
         return [0, 1, 2, 3, 4]
     return None
 
@@ -48,11 +58,9 @@ def build_encoder(
         kwargs["out_indices"] = tuple(indices)
     if output_stride not in (None, 32):
         kwargs["output_stride"] = output_stride
-    if "vit" in backbone or "deit" in backbone or "eva" in backbone:
+    if backbone_family(backbone) in _TOKEN_FAMILIES:
         # Tiles of any size: position embeddings are interpolated to the token grid.
         kwargs["dynamic_img_size"] = True
-    if timm.models.is_model(backbone) is False:
-        raise ValueError(f"unknown timm backbone {backbone!r}")
 
     if isinstance(pretrained, (str, Path)):
         path = Path(pretrained)
