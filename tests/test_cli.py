@@ -186,3 +186,157 @@ def test_demo_writes_overlays(tmp_path: Path, capsys) -> None:
     assert "WSOLModel  resnet18" in text and "class probabilities" in text
     overlay = np.asarray(Image.open(tmp_path / "he_tile_cam.png"))
     assert overlay.shape == (512, 512, 3)
+
+
+def _predict_outputs(out: Path, stem: str, methods: list[str]) -> list[Path]:
+    files = [out / f"{stem}.zarr", out / f"{stem}.tiles.csv"]
+    for m in methods:
+        files += [out / f"{stem}.{m}.mask.ome.tif", out / f"{stem}.{m}.geojson"]
+    return files
+
+
+def test_predict_on_a_plain_png_and_a_pyramidal_tiff(
+    tmp_path: Path, checkpoint: Path, synthetic_slide: Path, capsys
+) -> None:
+    png = sample_path("he_tile")
+    code = main(
+        [
+            "predict",
+            str(png),
+            str(synthetic_slide),
+            "--checkpoint",
+            str(checkpoint),
+            "--methods",
+            "cam,fcam",
+            "--out",
+            str(tmp_path),
+            "--level",
+            "0",
+        ]
+    )
+    assert code == 0
+    for stem in ("he_tile", "synthetic"):
+        for path in _predict_outputs(tmp_path, stem, ["cam", "fcam"]):
+            assert path.exists(), path
+    out = capsys.readouterr().out
+    assert "he_tile.png: 121 tissue tiles" in out  # plain images run every tile (11 x 11)
+    mask = tifffile.imread(tmp_path / "he_tile.fcam.mask.ome.tif")
+    assert mask.shape == (128, 128)  # 512 px at 4 px per map pixel
+    # Rerunning resumes the finished stores instead of recomputing them.
+    assert (
+        main(
+            [
+                "predict",
+                str(png),
+                "--checkpoint",
+                str(checkpoint),
+                "--methods",
+                "cam,fcam",
+                "--out",
+                str(tmp_path),
+                "--level",
+                "0",
+            ]
+        )
+        == 0
+    )
+    assert "121 tissue tiles, 0 run" in capsys.readouterr().out
+
+
+def test_predict_reports_a_bad_slide_and_still_does_the_others(
+    tmp_path: Path, checkpoint: Path, capsys
+) -> None:
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(b"II*\x00" + bytes(100))
+    code = main(
+        [
+            "predict",
+            str(bad),
+            str(sample_path("he_tile")),
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "1 of 2 slide(s) failed" in err
+    assert (tmp_path / "out" / "he_tile.tiles.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "level"), [("cmu-1-small-region.svs", 0), ("tcga-cr-7395-01a-01-ts1.svs", 1)]
+)
+def test_predict_on_the_real_slides(
+    tmp_path: Path, checkpoint: Path, name: str, level: int
+) -> None:
+    from conftest import real_slide
+
+    slide = real_slide(name)
+    code = main(
+        [
+            "predict",
+            str(slide),
+            "--checkpoint",
+            str(checkpoint),
+            "--methods",
+            "gradcam",
+            "--out",
+            str(tmp_path),
+            "--level",
+            str(level),
+        ]
+    )
+    assert code == 0
+    stem = slide.name.removesuffix(".svs")
+    for path in _predict_outputs(tmp_path, stem, ["gradcam"]):
+        assert path.exists(), path
+    data = json.loads((tmp_path / f"{stem}.gradcam.geojson").read_text())
+    assert data["type"] == "FeatureCollection"
+    rows = (tmp_path / f"{stem}.tiles.csv").read_text().splitlines()
+    assert len(rows) > 20
+
+
+def test_bench_slide_runs_both_ways(tmp_path: Path, synthetic_slide: Path, capsys) -> None:
+    report = tmp_path / "b.json"
+    code = main(
+        [
+            "bench",
+            "slide",
+            str(synthetic_slide),
+            "--tiles",
+            "8",
+            "--repeats",
+            "1",
+            "--batch-size",
+            "4",
+            "--json",
+            str(report),
+        ]
+    )
+    assert code == 0
+    data = json.loads(report.read_text())
+    assert data["tiles"] == 8 and data["naive_tiles_per_s"] > 0 and data["pipeline_tiles_per_s"] > 0
+
+
+def test_create_model_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "new.safetensors"
+    assert (
+        main(
+            [
+                "create-model",
+                str(path),
+                "--classes",
+                "benign,malignant",
+                "--mpp",
+                "0.5",
+                "--input-size",
+                "96",
+            ]
+        )
+        == 0
+    )
+    model = wsol.load_model(path)
+    assert model.config.class_names == ["benign", "malignant"]
+    assert model.config.mpp == 0.5 and model.config.input_size == 96

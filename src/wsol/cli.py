@@ -66,6 +66,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", type=float, help="also report Dice/IoU at this threshold")
     p.add_argument("--no-boxes", action="store_true", help="skip MaxBoxAcc / MaxBoxAccV2")
 
+    p = sub.add_parser(
+        "predict", help="tiled inference over whole slides: heatmaps, masks, GeoJSON, tile CSV"
+    )
+    p.add_argument("slides", type=Path, nargs="+", metavar="SLIDE")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--methods", type=_methods, default="cam,gradcam")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--threshold", type=float, default=0.5, help="mask threshold on the maps")
+    p.add_argument("--target", help="class to explain (default: the positive class)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--mpp", type=float, help="microns per pixel the model sees")
+    where.add_argument("--level", type=int, help="slide level the model sees")
+    p.add_argument("--tile", type=int, help="tile side (default: the model's input size)")
+    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction")
+    p.add_argument("--map-downsample", type=int, default=4, help="tile pixels per map pixel")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2, help="tile-reading threads")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    tissue = p.add_mutually_exclusive_group()
+    tissue.add_argument(
+        "--tissue",
+        dest="tissue",
+        action="store_true",
+        default=None,
+        help="skip glass (default for slides)",
+    )
+    tissue.add_argument(
+        "--no-tissue",
+        dest="tissue",
+        action="store_false",
+        help="run every tile (default for plain images)",
+    )
+    p.add_argument("--min-tissue", type=float, default=0.1, help="tissue fraction to run a tile")
+    p.add_argument("--restart", action="store_true", help="start over instead of resuming")
+
+    p = sub.add_parser("create-model", help="write a new (untrained) model checkpoint")
+    p.add_argument("out", type=Path, help="checkpoint to write (.safetensors)")
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--classes", default="negative,positive", help="comma-separated class names")
+    p.add_argument("--pretrained", help="local timm weights file, or 'timm' to download")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--mpp", type=float, help="microns per pixel the model is trained at")
+    p.add_argument("--seed", type=int, default=0)
+
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench", required=True)
     b = bench.add_parser("cams", help="CAM family vs forward floor and pytorch-grad-cam")
@@ -77,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--scorecam-images", type=int, default=1)
     b.add_argument("--device", default="cpu")
     b.add_argument("--no-reference", action="store_true", help="skip pytorch-grad-cam")
+    b = bench.add_parser("slide", help="streaming pipeline vs a naive tile loop on one slide")
+    b.add_argument("slide", type=Path)
+    b.add_argument("--backbone", default="resnet18")
+    b.add_argument("--methods", type=_methods, default="cam,gradcam")
+    b.add_argument("--tiles", type=int, default=96)
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--batch-size", type=int, default=16)
+    b.add_argument("--workers", type=int, default=2)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--json", type=Path, help="write the report here")
     return parser
 
 
@@ -163,7 +217,108 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from wsol.checkpoint import load_model
+    from wsol.predict import predict_slide
+
+    if not 0 <= args.threshold <= 1:
+        raise InputError(f"--threshold {args.threshold}: must be in [0, 1]")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.checkpoint).to(device)
+    target = _target(args.target, model.config.class_names)
+    failed = []
+    for path in args.slides:
+        progress = _progress_printer(path.name)
+
+        try:
+            prediction = predict_slide(
+                model,
+                path,
+                args.out,
+                args.methods,
+                threshold=args.threshold,
+                target=target,
+                mpp=args.mpp,
+                level=args.level,
+                tile=args.tile,
+                overlap=args.overlap,
+                map_downsample=args.map_downsample,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                tissue=args.tissue,
+                min_tissue=args.min_tissue,
+                resume=not args.restart,
+                progress=progress,
+            )
+        except InputError as exc:
+            print(f"\nwsol predict: error: {exc}", file=sys.stderr)
+            failed.append(path)
+            continue
+        result = prediction.result
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
+        print(
+            f"{path}: {result.tiles_total} tissue tiles, {result.tiles_run} run "
+            f"({result.tiles_per_second:.1f} tiles/s)"
+        )
+        for file in prediction.files():
+            print(f"  {file}")
+    if failed:
+        print(f"wsol predict: {len(failed)} of {len(args.slides)} slide(s) failed", file=sys.stderr)
+        return EXIT_INPUT
+    return 0
+
+
+def _progress_printer(name: str):
+    """Progress on one updating line in a terminal, every 10% in a log file."""
+    interactive = sys.stderr.isatty()
+    shown = [-1]
+
+    def progress(done: int, total: int) -> None:
+        if interactive:
+            print(f"\r{name}: {done}/{total} tiles", end="", file=sys.stderr, flush=True)
+            return
+        decile = 10 * done // max(total, 1)
+        if decile > shown[0]:
+            shown[0] = decile
+            print(f"{name}: {done}/{total} tiles", file=sys.stderr, flush=True)
+
+    return progress
+
+
+def _create_model(args: argparse.Namespace) -> int:
+    import torch
+
+    from wsol.model import create_model
+
+    names = [n.strip() for n in args.classes.split(",") if n.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise InputError(f"--classes {args.classes!r}: give at least two distinct names")
+    pretrained: bool | Path = False
+    if args.pretrained == "timm":
+        pretrained = True
+    elif args.pretrained:
+        pretrained = Path(args.pretrained)
+    torch.manual_seed(args.seed)
+    model = create_model(
+        args.backbone,
+        len(names),
+        pretrained=pretrained,
+        class_names=names,
+        input_size=args.input_size,
+        mpp=args.mpp,
+    )
+    model.save(args.out)
+    print(model.summary())
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
+    if args.bench == "slide":
+        return _bench_slide(args)
     from wsol.bench import bench_cams, markdown_table
 
     report = bench_cams(
@@ -177,6 +332,33 @@ def _bench(args: argparse.Namespace) -> int:
     )
     print()
     print(markdown_table(report))
+    if args.json:
+        _write_json(args.json, report)
+    return 0
+
+
+def _bench_slide(args: argparse.Namespace) -> int:
+    from wsol.bench_slide import bench_slide
+
+    report = bench_slide(
+        args.slide,
+        backbone=args.backbone,
+        methods=tuple(args.methods),
+        tiles=args.tiles,
+        repeats=args.repeats,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+    )
+    print(
+        f"{report['tiles']} tiles of {report['slide']} ({report['backbone']}, "
+        f"{', '.join(report['methods'])}, {report['device']})"
+    )
+    print(f"naive loop: {report['naive_tiles_per_s']:.2f} tiles/s")
+    print(f"pipeline:   {report['pipeline_tiles_per_s']:.2f} tiles/s")
+    print(f"model only: {report['model_only_tiles_per_s']:.2f} tiles/s (tiles in memory)")
+    print(f"speed-up:   {report['speedup_median']:.2f}x (median of {len(report['speedups'])})")
+    print(f"pipeline reaches {report['pipeline_over_model_only']:.0%} of the model-only rate")
     if args.json:
         _write_json(args.json, report)
     return 0
@@ -196,7 +378,14 @@ def _version() -> str:
     return __version__
 
 
-_COMMANDS = {"demo": _demo, "cam": _cam, "eval": _eval, "bench": _bench}
+_COMMANDS = {
+    "demo": _demo,
+    "cam": _cam,
+    "eval": _eval,
+    "predict": _predict,
+    "create-model": _create_model,
+    "bench": _bench,
+}
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -38,3 +38,7 @@ def require_file(path: Path, what: str, error: type[InputError] = InputError) ->
     if path.stat().st_size == 0:
         raise error(f"{path}: empty file")
     return path
+
+
+class SlideError(InputError):
+    """A slide or image file cannot be opened or read."""

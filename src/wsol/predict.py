@@ -1,0 +1,71 @@
+"""``wsol predict``: one slide in, heatmaps + masks + polygons + tile scores out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wsol.infer import InferenceResult, infer_slide
+from wsol.infer.export import write_geojson, write_mask_tiff, write_tile_csv
+from wsol.model import WSOLModel
+from wsol.slide import open_slide, slide_stem
+
+
+@dataclass
+class Prediction:
+    slide: Path
+    store: Path
+    masks: dict[str, Path] = field(default_factory=dict)
+    geojson: dict[str, Path] = field(default_factory=dict)
+    csv: Path | None = None
+    result: InferenceResult | None = None
+
+    def files(self) -> list[Path]:
+        return [self.store, *self.masks.values(), *self.geojson.values(), self.csv]
+
+
+def predict_slide(
+    model: WSOLModel,
+    path: str | Path,
+    out_dir: str | Path,
+    methods: Sequence[str],
+    *,
+    threshold: float = 0.5,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **options: object,
+) -> Prediction:
+    """Run :func:`wsol.infer.infer_slide` on one slide and write its exports.
+
+    Writes into ``out_dir``: ``<stem>.zarr`` (heatmaps, tile scores), per method
+    ``<stem>.<method>.mask.ome.tif`` (``map >= threshold``, pyramidal) and
+    ``<stem>.<method>.geojson`` (QuPath annotations), and ``<stem>.tiles.csv``.
+    Exports are written only when the run completes (not when cancelled).
+    """
+    path = Path(path)
+    out_dir = Path(out_dir)
+    stem = slide_stem(path)
+    prediction = Prediction(path, out_dir / f"{stem}.zarr")
+    with open_slide(path) as slide:
+        result = infer_slide(
+            model,
+            slide,
+            prediction.store,
+            methods,
+            progress=progress,
+            should_stop=should_stop,
+            **options,
+        )
+    prediction.result = result
+    if result.cancelled:
+        return prediction
+    for method in result.store.methods:
+        prediction.masks[method] = write_mask_tiff(
+            result.store, method, out_dir / f"{stem}.{method}.mask.ome.tif", threshold
+        )
+        prediction.geojson[method] = write_geojson(
+            result.store, method, out_dir / f"{stem}.{method}.geojson", threshold
+        )
+    prediction.csv = write_tile_csv(result.store, out_dir / f"{stem}.tiles.csv")
+    return prediction

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+import wsol
+from wsol.infer import infer_slide
+from wsol.infer.export import mask_polygons, write_geojson, write_mask_tiff, write_tile_csv
+from wsol.slide import open_slide
+
+
+def _area(ring: np.ndarray) -> float:
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def test_polygons_with_holes_and_islands() -> None:
+    mask = np.zeros((60, 80), bool)
+    mask[10:40, 10:40] = True
+    mask[20:30, 20:30] = False  # a hole
+    mask[45:55, 60:75] = True  # a second island
+    polygons = sorted(mask_polygons(mask, scale=2.0, tolerance=0), key=len, reverse=True)
+    assert [len(p) for p in polygons] == [2, 1]
+    outer, hole = polygons[0]
+    # Traced through pixel edges' midpoints: areas within a pixel's rim of the truth.
+    assert _area(outer) / 4 == pytest.approx(30 * 30, rel=0.05)
+    assert _area(hole) / 4 == pytest.approx(10 * 10, rel=0.15)
+    assert np.array_equal(outer[0], outer[-1])  # closed ring
+    xs, ys = outer[:, 0], outer[:, 1]
+    assert xs.min() == pytest.approx(20, abs=2) and ys.max() == pytest.approx(80, abs=2)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, synthetic_slide: Path):
+    torch.manual_seed(0)
+    model = wsol.create_model("resnet18", 2, input_size=64, class_names=["normal", "tumor"])
+    with open_slide(synthetic_slide) as slide:
+        return infer_slide(
+            model, slide, tmp_path_factory.mktemp("e") / "s.zarr", ["cam", "fcam"], level=1
+        ).store
+
+
+def test_mask_is_a_pyramidal_ome_tiff_of_the_thresholded_map(store, tmp_path: Path) -> None:
+    path = write_mask_tiff(store, "cam", tmp_path / "m.ome.tif", threshold=0.2)
+    heat = np.asarray(store.levels("cam")[0][...])
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_ome
+        levels = tif.series[0].levels
+        assert len(levels) == len(store.levels("cam"))
+        mask = levels[0].asarray()
+        assert "PhysicalSizeX" in tif.ome_metadata
+        assert levels[0].keyframe.is_tiled
+    assert mask.shape == heat.shape and set(np.unique(mask)) <= {0, 255}
+    np.testing.assert_array_equal(mask == 255, heat >= 0.2)
+    assert 0 < (mask == 255).mean() < 1
+
+
+def test_geojson_is_a_qupath_feature_collection_in_slide_pixels(store, tmp_path: Path) -> None:
+    path = write_geojson(store, "cam", tmp_path / "a.geojson", threshold=0.2)
+    data = json.loads(path.read_text())
+    assert data["type"] == "FeatureCollection" and data["features"]
+    height, width = store.grid.slide_shape
+    for feature in data["features"]:
+        assert feature["geometry"]["type"] == "Polygon"
+        props = feature["properties"]
+        assert props["classification"]["name"] == "tumor" and props["objectType"] == "annotation"
+        for ring in feature["geometry"]["coordinates"]:
+            ring = np.asarray(ring)
+            assert np.array_equal(ring[0], ring[-1])
+            assert (ring >= -store.scale(0)).all()
+            assert (ring[:, 0] <= width + store.scale(0)).all()
+            assert (ring[:, 1] <= height + store.scale(0)).all()
+    # Polygon area matches the thresholded map's area (both in level-0 pixels).
+    heat = np.asarray(store.levels("cam")[0][...])
+    area = sum(
+        _area(np.asarray(f["geometry"]["coordinates"][0]))
+        - sum(_area(np.asarray(h)) for h in f["geometry"]["coordinates"][1:])
+        for f in data["features"]
+    )
+    assert area == pytest.approx((heat >= 0.2).sum() * store.scale(0) ** 2, rel=0.1)
+
+
+def test_tile_csv_lists_every_tile_that_ran(store, tmp_path: Path) -> None:
+    path = write_tile_csv(store, tmp_path / "t.csv")
+    rows = list(csv.DictReader(path.open()))
+    probs = store.probabilities()
+    assert len(rows) == int((~np.isnan(probs[..., 0])).sum()) > 0
+    first = rows[0]
+    assert set(first) >= {
+        "row",
+        "col",
+        "x",
+        "y",
+        "width",
+        "height",
+        "tissue",
+        "p_normal",
+        "p_tumor",
+        "predicted",
+    }
+    i, j = int(first["row"]), int(first["col"])
+    assert float(first["p_tumor"]) == pytest.approx(float(probs[i, j, 1]), abs=1e-5)
+    assert int(first["x"]) == round(j * store.grid.stride * store.grid.downsample)
