@@ -85,8 +85,9 @@ def test_widget_needs_an_image(viewer) -> None:
     np.testing.assert_equal(len(viewer.layers), 0)
 
 
-def test_slide_pyramid_tissue_and_heatmap_layers_align(viewer, tmp_path: Path,
-                                                       synthetic_slide: Path) -> None:
+def test_slide_pyramid_tissue_and_heatmap_layers_align(
+    viewer, tmp_path: Path, synthetic_slide: Path
+) -> None:
     """The engine's outputs drop into napari as they are: lazy pyramid, Labels, heatmap."""
     from wsol.infer import infer_slide
     from wsol.slide import open_slide
@@ -98,9 +99,15 @@ def test_slide_pyramid_tissue_and_heatmap_layers_align(viewer, tmp_path: Path,
         tissue = detect_tissue(slide)
         labels = viewer.add_labels(tissue.labels, scale=(tissue.downsample,) * 2, name="tissue")
         store = infer_slide(model, slide, tmp_path / "s.zarr", ["cam"], level=1).store
-        heat = viewer.add_image([a for a in store.levels("cam")], multiscale=True,
-                                scale=(store.scale(0),) * 2, colormap="inferno",
-                                blending="additive", contrast_limits=(0, 1), name="cam")
+        heat = viewer.add_image(
+            [a for a in store.levels("cam")],
+            multiscale=True,
+            scale=(store.scale(0),) * 2,
+            colormap="inferno",
+            blending="additive",
+            contrast_limits=(0, 1),
+            name="cam",
+        )
         viewer.reset_view()
         shot = viewer.screenshot(canvas_only=True)
     assert image.data[0].shape == (1500, 2100, 3)

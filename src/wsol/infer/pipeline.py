@@ -156,11 +156,12 @@ def infer_slide(
         keep = np.zeros_like(selected)
         keep[np.asarray(tiles)] = True
         selected &= keep
-    plan = _Plan(grid, store, np.flatnonzero(selected), roi)
     total = int(selected.sum())
-    if store.complete or not len(plan.order):
-        if not store.complete:
-            store.set_complete(0.0)
+    if store.complete:
+        return InferenceResult(store, total, 0, 0.0)
+    plan = _Plan(grid, store, np.flatnonzero(selected), roi)
+    if not len(plan.order):
+        store.set_complete(0.0)
         return InferenceResult(store, total, 0, 0.0)
 
     runner = _Runner(model, slide, grid, store, methods, target, amp, cam_options)

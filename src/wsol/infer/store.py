@@ -76,7 +76,8 @@ class MapStore:
         group = zarr.open_group(str(path), mode="w", zarr_format=2)
         height, width = grid.map_shape
         shapes = [(height, width)]
-        while max(shapes[-1]) > chunk and min(shapes[-1]) > 1:
+        # A level-0 chunk must map to whole pixels at every level (chunk >> k >= 1).
+        while max(shapes[-1]) > chunk and len(shapes) < chunk.bit_length():
             h, w = shapes[-1]
             shapes.append((math.ceil(h / 2), math.ceil(w / 2)))
         for method in methods:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import abc
 import math
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,26 +42,31 @@ class Slide(abc.ABC):
         self.path = Path(path)
         self._closed = False
 
-    # --- what a reader provides ------------------------------------------------------
+    # --- what a reader provides: these four attributes, and _read ---------------------
+    _levels: list[Level]
+    _mpp: float | None
+    _vendor: str
+    _props: Mapping[str, str]
+
     @property
-    @abc.abstractmethod
     def levels(self) -> list[Level]:
         """Resolutions, finest first."""
+        return self._levels
 
     @property
-    @abc.abstractmethod
     def mpp(self) -> float | None:
         """Microns per pixel at level 0, when the file records it."""
+        return self._mpp
 
     @property
-    @abc.abstractmethod
     def vendor(self) -> str:
         """Scanner vendor or file kind (``aperio``, ``ome-tiff``, ``png``, ...)."""
+        return self._vendor
 
     @property
-    @abc.abstractmethod
     def properties(self) -> Mapping[str, str]:
         """Metadata key/values as the file stores them."""
+        return self._props
 
     @abc.abstractmethod
     def _read(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
@@ -225,18 +229,3 @@ def to_rgb8(pixels: np.ndarray, max_value: float | None = None) -> np.ndarray:
     if pixels.shape[-1] == 1:
         pixels = np.repeat(pixels, 3, axis=-1)
     return np.ascontiguousarray(pixels)
-
-
-class ReadLock:
-    """A lock for readers whose library is not thread-safe; a no-op otherwise."""
-
-    def __init__(self, needed: bool) -> None:
-        self._lock = threading.Lock() if needed else None
-
-    def __enter__(self) -> None:
-        if self._lock is not None:
-            self._lock.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        if self._lock is not None:
-            self._lock.release()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +44,7 @@ class ImageSlide(Slide):
         self._pixels = to_rgb8(pixels, max_value)
         h, w = self._pixels.shape[:2]
         self._levels = [Level((h, w), 1.0, (min(h, 512), min(w, 512)))]
-        self._kind = kind
+        self._vendor, self._mpp = kind, None
         self._props = info
 
     @classmethod
@@ -56,25 +55,9 @@ class ImageSlide(Slide):
         self._pixels = to_rgb8(np.asarray(pixels))
         h, w = self._pixels.shape[:2]
         self._levels = [Level((h, w), 1.0, (min(h, 512), min(w, 512)))]
-        self._kind = "array"
+        self._vendor, self._mpp = "array", None
         self._props = {}
         return self
-
-    @property
-    def levels(self) -> list[Level]:
-        return self._levels
-
-    @property
-    def mpp(self) -> float | None:
-        return None
-
-    @property
-    def vendor(self) -> str:
-        return self._kind
-
-    @property
-    def properties(self) -> Mapping[str, str]:
-        return self._props
 
     def _read(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         return self._pixels[y : y + h, x : x + w].copy()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -60,22 +59,6 @@ class OpenSlideSlide(Slide):
         if self._mpp is not None and not 0 < self._mpp < 1000:
             self._mpp = None
         self._vendor = props.get(openslide.PROPERTY_NAME_VENDOR, "openslide")
-
-    @property
-    def levels(self) -> list[Level]:
-        return self._levels
-
-    @property
-    def mpp(self) -> float | None:
-        return self._mpp
-
-    @property
-    def vendor(self) -> str:
-        return self._vendor
-
-    @property
-    def properties(self) -> Mapping[str, str]:
-        return self._props
 
     def _read(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         ds = self._levels[level].downsample

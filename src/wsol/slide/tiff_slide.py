@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -77,22 +76,6 @@ class TiffSlide(Slide):
                         f"{self.path}: truncated file, image data extends past its end "
                         f"({int((offsets + counts).max())} > {size} bytes)"
                     )
-
-    @property
-    def levels(self) -> list[Level]:
-        return self._levels
-
-    @property
-    def mpp(self) -> float | None:
-        return self._mpp
-
-    @property
-    def vendor(self) -> str:
-        return self._vendor
-
-    @property
-    def properties(self) -> Mapping[str, str]:
-        return self._props
 
     def _read(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         index = []
