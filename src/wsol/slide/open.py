@@ -8,9 +8,10 @@ from wsol.errors import SlideError
 from wsol.slide.base import Slide
 
 #: Vendor formats OpenSlide reads that are TIFF containers.
-_OPENSLIDE_TIFF = {".svs", ".ndpi", ".scn", ".bif", ".svslide"}
-#: Vendor formats OpenSlide reads that are not TIFF containers (index files).
-_OPENSLIDE_OTHER = {".mrxs", ".vms", ".vmu"}
+_OPENSLIDE_TIFF = {".svs", ".ndpi", ".scn", ".bif"}
+#: Vendor formats OpenSlide reads that are not TIFF containers (index files, Sakura's
+#: SQLite, DICOM).
+_OPENSLIDE_OTHER = {".mrxs", ".vms", ".vmu", ".svslide", ".dcm"}
 _TIFF = {".tif", ".tiff", ".btf", ".tf8"}
 _IMAGES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".bmp": "bmp"}
 SLIDE_SUFFIXES = tuple(sorted(_OPENSLIDE_TIFF | _OPENSLIDE_OTHER | _TIFF | set(_IMAGES)))
@@ -47,8 +48,8 @@ def slide_stem(path: str | Path) -> str:
 def open_slide(path: str | Path) -> Slide:
     """Open a whole-slide image or a plain image for lazy region reads.
 
-    OpenSlide reads vendor formats (svs, ndpi, mrxs, scn, vms, vmu, bif, and TIFFs it
-    recognises as Philips/Ventana/...); tifffile reads other TIFFs (pyramidal, OME,
+    OpenSlide reads vendor formats (svs, ndpi, mrxs, scn, vms, vmu, bif, svslide, dcm,
+    and TIFFs it recognises as Philips/Ventana/...); tifffile reads other TIFFs (pyramidal, OME,
     generic tiled, single-page); Pillow reads png/jpg/bmp.
 
     Raises
