@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 from PIL import Image
 
 import wsol
@@ -340,3 +341,105 @@ def test_create_model_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     model = wsol.load_model(path)
     assert model.config.class_names == ["benign", "malignant"]
     assert model.config.mpp == 0.5 and model.config.input_size == 96
+
+
+def test_train_stages_from_the_command_line_with_corrections(tmp_path: Path, capsys) -> None:
+    data = make_dataset(tmp_path / "ds", n=6, size=64)
+    (data / "corrections").mkdir()
+    painted = np.zeros((64, 64), np.uint8)
+    painted[4:20, 6:24] = 2  # foreground
+    painted[40:, 40:] = 1  # background
+    Image.fromarray(painted).save(data / "corrections" / "img1.png")
+    start = wsol.create_model("resnet18", 2, class_names=["normal", "lesion"], input_size=64)
+    ckpt = start.save(tmp_path / "start.safetensors")
+    cls = tmp_path / "cls.safetensors"
+    assert (
+        main(
+            [
+                "train",
+                str(data),
+                "--stage",
+                "classifier",
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(cls),
+                "--epochs",
+                "2",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
+    assert "classifier epoch 2/2: loss" in capsys.readouterr().err
+    fcam = tmp_path / "fcam.safetensors"
+    assert (
+        main(
+            [
+                "train",
+                str(data),
+                "--stage",
+                "fcam",
+                "--checkpoint",
+                str(cls),
+                "--out",
+                str(fcam),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--cam-method",
+                "cam",
+            ]
+        )
+        == 0
+    )
+    trained, before = wsol.load_model(fcam), wsol.load_model(cls)
+    assert torch.equal(trained.classifier.fc.weight, before.classifier.fc.weight)
+    assert not torch.equal(trained.decoder.segmentation.weight, before.decoder.segmentation.weight)
+    # Rerunning the finished stage resumes past its last epoch: nothing left to do.
+    assert (
+        main(
+            [
+                "train",
+                str(data),
+                "--stage",
+                "fcam",
+                "--checkpoint",
+                str(cls),
+                "--out",
+                str(fcam),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--cam-method",
+                "cam",
+            ]
+        )
+        == 0
+    )
+    assert "0 steps" in capsys.readouterr().out
+
+
+def test_train_rejects_bad_corrections(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    data = make_dataset(tmp_path / "ds", n=2, size=32)
+    (data / "corrections").mkdir()
+    Image.fromarray(np.full((32, 32), 7, np.uint8)).save(data / "corrections" / "img0.png")
+    code = main(
+        [
+            "train",
+            str(data),
+            "--stage",
+            "heads",
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "o.safetensors"),
+        ]
+    )
+    assert (
+        code == 2
+        and "img0.png: corrections must be 0 (none), 1 (bg), 2 (fg)" in capsys.readouterr().err
+    )

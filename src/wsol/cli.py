@@ -101,6 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-tissue", type=float, default=0.1, help="tissue fraction to run a tile")
     p.add_argument("--restart", action="store_true", help="start over instead of resuming")
 
+    p = sub.add_parser("train", help="train a stage: classifier, fcam, pixelcam or heads")
+    p.add_argument("dataset", type=Path, help="dataset folder (labels.csv, images, corrections/)")
+    p.add_argument("--stage", required=True, choices=["classifier", "fcam", "pixelcam", "heads"])
+    p.add_argument("--checkpoint", type=Path, required=True, help="model to start from")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    p.add_argument("--size", type=int, help="image size (default: the model's input size)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--steps", type=int, help="optimizer steps of the heads stage")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--cam-method", default="gradcampp", help="CAM the seeds come from")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--restart", action="store_true", help="ignore a resumable state at --out")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+
     p = sub.add_parser("create-model", help="write a new (untrained) model checkpoint")
     p.add_argument("out", type=Path, help="checkpoint to write (.safetensors)")
     p.add_argument("--backbone", default="resnet18")
@@ -288,6 +304,68 @@ def _progress_printer(name: str):
     return progress
 
 
+def _train(args: argparse.Namespace) -> int:
+    import signal
+
+    import torch
+
+    from wsol.checkpoint import load_model
+    from wsol.data import WSOLDataset
+    from wsol.train import TrainConfig, TrainData, train
+
+    if args.cam_method not in _methods("all"):
+        raise InputError(f"--cam-method {args.cam_method!r}: not a method")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = args.out
+    # Resume from --out when it holds this stage's state, else start from --checkpoint.
+    start = (
+        out
+        if (out.exists() and Path(f"{out}.state.pt").exists() and not args.restart)
+        else args.checkpoint
+    )
+    model = load_model(start).to(device)
+    dataset = WSOLDataset(args.dataset, model.config.class_names)
+    data = TrainData.from_dataset(dataset, args.size or model.config.input_size)
+    config = TrainConfig(
+        epochs=args.epochs,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        cam_method=args.cam_method,
+        seed=args.seed,
+        augment=not args.no_augment,
+    )
+    stop = []
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.append(True))
+
+    def progress(p) -> None:
+        if p.step == p.steps:
+            terms = ", ".join(f"{k} {v:.4f}" for k, v in p.losses.items())
+            print(f"{p.stage} epoch {p.epoch}/{p.epochs}: {terms}", file=sys.stderr, flush=True)
+
+    try:
+        result = train(
+            model,
+            data,
+            args.stage,
+            config,
+            checkpoint=out,
+            resume=not args.restart,
+            progress=progress,
+            should_stop=lambda: bool(stop),
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if result.cancelled:
+        print(f"stopped; {out} holds epoch {result.epochs_done} - rerun to resume", file=sys.stderr)
+        return 130
+    print(
+        f"{args.stage}: {result.epochs_done} epoch(s), {result.steps_done} steps in "
+        f"{result.seconds:.1f} s -> {out}"
+    )
+    return 0
+
+
 def _create_model(args: argparse.Namespace) -> int:
     import torch
 
@@ -383,6 +461,7 @@ _COMMANDS = {
     "cam": _cam,
     "eval": _eval,
     "predict": _predict,
+    "train": _train,
     "create-model": _create_model,
     "bench": _bench,
 }

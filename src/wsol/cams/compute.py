@@ -79,6 +79,7 @@ def compute_many(
     smooth_samples: int = 8,
     smooth_noise: float = 0.15,
     seed: int = 0,
+    features: list[torch.Tensor] | None = None,
 ) -> CamResult:
     """Maps of several methods from one encoder forward and one partial backward.
 
@@ -102,6 +103,9 @@ def compute_many(
         image's value range.
     seed : int
         Seed of Smooth Grad-CAM++'s noise, so maps are reproducible.
+    features : list of Tensor, optional
+        The encoder's features of ``images`` when the caller already has them (training
+        computes them once per step for the seeds and the heads).
     """
     methods = list(dict.fromkeys(methods))
     unknown = [m for m in methods if m not in METHODS]
@@ -126,7 +130,10 @@ def compute_many(
     model.eval()
     try:
         with torch.no_grad():
-            features = model.forward_features(x) if tap == model.cam_tap else None
+            if features is None and tap == model.cam_tap:
+                features = model.forward_features(x)
+            elif tap != model.cam_tap:
+                features = None
         acts, grads, logits, t = _activations_and_gradients(
             model, x, features, tap, targets, with_grads=needs_grads
         )

@@ -1,0 +1,485 @@
+"""Training stages of the shared-encoder model: classifier, F-CAM, PixelCAM, heads.
+
+Every stage reports progress per step, stops between steps when asked (the last good
+weights stay on disk), resumes from its last finished epoch, is deterministic under a
+seed and refuses to go on from a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from wsol.atomic import atomic_path
+from wsol.cams import compute_many
+from wsol.errors import InputError, WSOLError
+from wsol.losses import BarrierSchedule, crf_loss, partial_cross_entropy, size_loss
+from wsol.model import WSOLModel
+from wsol.pseudo import BG, FG, IGNORE, apply_corrections, sample_seeds
+from wsol.train.augment import apply_dihedral, stain_jitter
+
+STAGES = ("classifier", "fcam", "pixelcam", "heads")
+CORRECTIONS_DIR = "corrections"
+
+
+class TrainingError(WSOLError, RuntimeError):
+    """Training cannot go on (e.g. a loss became NaN); the last good weights are kept."""
+
+
+@dataclass
+class TrainData:
+    """Training images in memory: ``uint8 [N, 3, S, S]``, labels, optional corrections.
+
+    ``corrections`` (long ``[N, S, S]``, :data:`wsol.pseudo.IGNORE` where unpainted) are
+    the user's fg/bg strokes; they are kept apart from the seeds and override them.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    corrections: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.shape[1] != 3 or self.images.dtype != torch.uint8:
+            raise InputError(f"images must be uint8 [N, 3, S, S], got {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise InputError(f"need one label per image, got {tuple(self.labels.shape)}")
+        if self.corrections is not None and self.corrections.shape != (
+            self.images.shape[0],
+            *self.images.shape[-2:],
+        ):
+            raise InputError(f"corrections {tuple(self.corrections.shape)} do not fit the images")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @classmethod
+    def from_dataset(cls, dataset, size: int) -> TrainData:
+        """All of a :class:`wsol.data.WSOLDataset`, resized to ``size``, with its corrections.
+
+        Corrections are read from ``<dataset>/corrections/<image stem>.png`` when present:
+        0 = not painted, 1 = background, 2 = foreground (napari Labels values), resized
+        with nearest neighbours.
+        """
+        images, labels = [], []
+        for batch in dataset.batches(64, size):
+            images.append(batch.images)
+            labels.append(batch.labels)
+        folder = Path(dataset.root) / CORRECTIONS_DIR
+        corrections = None
+        if folder.is_dir():
+            corrections = torch.full((len(dataset), size, size), IGNORE, dtype=torch.long)
+            for i, sample in enumerate(dataset.samples):
+                path = folder / f"{sample.image.stem}.png"
+                if not path.exists():
+                    continue
+                painted = torch.from_numpy(_read_labels(path))
+                painted = F.interpolate(painted[None, None].float(), size=(size, size),
+                                        mode="nearest")[0, 0].long()
+                if painted.max() > 2:
+                    raise InputError(f"{path}: corrections must be 0 (none), 1 (bg), 2 (fg)")
+                corrections[i] = painted - 1  # 0 -> IGNORE (-1), 1 -> BG (0), 2 -> FG (1)
+        return cls(torch.cat(images), torch.cat(labels), corrections)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a stage; stored beside the checkpoint so a resume uses the same ones."""
+
+    epochs: int = 10
+    steps: int | None = None  # "heads": optimizer steps instead of epochs
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    augment: bool = True
+    stain_jitter: float = 0.05
+    cam_method: str = "gradcampp"  # where seeds come from
+    seeds_per_class: int = 64
+    bg_fraction: float = 0.3
+    erode: int = 0
+    fg_sampling: str = "uniform"
+    crf_weight: float = 1.0
+    crf_radius: int = 5
+    crf_scale: float = 0.5
+    size_weight: float = 0.1
+    barrier_t0: float = 1.0
+    barrier_factor: float = 1.01
+    barrier_cap: float = 10.0
+    pixel_weight: float = 1.0
+    heads: tuple[str, ...] = ("fcam", "pixelcam")
+    negative_class: int | None = -1  # -1: class 0 of a two-class model, else none
+    amp: bool = True
+
+
+@dataclass
+class TrainProgress:
+    stage: str
+    epoch: int
+    epochs: int
+    step: int  # within the epoch
+    steps: int
+    losses: dict[str, float]
+
+
+@dataclass
+class TrainResult:
+    stage: str
+    epochs_done: int
+    steps_done: int
+    seconds: float
+    cancelled: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)  # mean losses per epoch
+
+
+def train(
+    model: WSOLModel,
+    data: TrainData,
+    stage: str,
+    config: TrainConfig | None = None,
+    *,
+    checkpoint: str | Path | None = None,
+    resume: bool = True,
+    progress: Callable[[TrainProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train one stage in place on ``model``.
+
+    Stages
+    ------
+    ``classifier``
+        Encoder + classifier from image labels (cross-entropy, flips, 90° turns, stain
+        jitter).
+    ``fcam``
+        Encoder and classifier frozen; the U-Net decoder learns from seeds sampled each
+        step from the classifier's ``cam_method`` maps (Otsu foreground, lowest
+        ``bg_fraction`` background; images of ``negative_class`` give background only)
+        plus the user's corrections: partial cross-entropy + CRF loss + absolute-size
+        log-barrier (``t`` from ``barrier_t0``, times ``barrier_factor`` per epoch).
+    ``pixelcam``
+        Encoder, classifier and pixel head jointly: image cross-entropy + partial
+        cross-entropy of the pixel head on seeds from the current CAMs.
+    ``heads``
+        Fine-tunes only the heads in ``config.heads`` for ``config.steps`` steps on
+        encoder features computed once: what the napari app runs after corrections.
+
+    With ``checkpoint``, weights are saved there (atomically) after every epoch, with the
+    optimizer state beside them (``<checkpoint>.state.pt``). A stop between steps leaves
+    the checkpoint at the last finished epoch (the model in memory keeps its newer,
+    finite weights); a later call with the same stage and settings resumes after that
+    epoch and ends with the same weights as an uninterrupted run.
+
+    Raises
+    ------
+    TrainingError
+        When a loss is not finite; the weights are put back to the last good step.
+    """
+    if stage not in STAGES:
+        raise InputError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
+    config = config or TrainConfig()
+    trainer = _Trainer(model, data, stage, config)
+    return trainer.run(checkpoint, resume, progress, should_stop)
+
+
+class _Trainer:
+    def __init__(self, model: WSOLModel, data: TrainData, stage: str, config: TrainConfig) -> None:
+        self.model, self.data, self.stage, self.config = model, data, stage, config
+        self.device = model.device
+        self.amp = config.amp and self.device.type == "cuda"
+        self.barrier = BarrierSchedule(config.barrier_t0, config.barrier_factor, config.barrier_cap)
+        negative = config.negative_class
+        if negative == -1:
+            negative = 0 if model.config.num_classes == 2 else None
+        self.negative = negative
+        self.modules = self._trainable()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.params = [p for m in self.modules for p in m.parameters()]
+        for p in self.params:
+            p.requires_grad_(True)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.maps: torch.Tensor | None = None  # fixed seed maps (fcam, heads)
+        self.features: list[torch.Tensor] | None = None  # cached features (heads)
+
+    def _trainable(self) -> list[torch.nn.Module]:
+        m = self.model
+        if self.stage == "classifier":
+            return [m.encoder, m.classifier]
+        if self.stage == "fcam":
+            return [m.decoder]
+        if self.stage == "pixelcam":
+            return [m.encoder, m.classifier, m.pixel_head]
+        unknown = set(self.config.heads) - {"fcam", "pixelcam"}
+        if unknown or not self.config.heads:
+            raise InputError(f"heads must be fcam and/or pixelcam, got {self.config.heads}")
+        return [m.decoder if h == "fcam" else m.pixel_head for h in self.config.heads]
+
+    # --- the loop ----------------------------------------------------------------------
+    def run(self, checkpoint, resume, progress, should_stop) -> TrainResult:
+        config, n = self.config, len(self.data)
+        if n == 0:
+            raise InputError("no training images")
+        start_epoch = self._resume(checkpoint) if (checkpoint and resume) else 0
+        if self.stage in ("fcam", "heads"):
+            self.maps = self._seed_maps()
+        if self.stage == "heads":
+            self.features = self._encode_all()
+            epochs = 1
+            steps = config.steps or 20
+        else:
+            epochs = config.epochs
+            steps = -(-n // config.batch_size)
+        history: list[dict[str, float]] = []
+        started = time.perf_counter()
+        steps_done, cancelled, epochs_done = 0, False, start_epoch
+        good = self._snapshot()
+        for epoch in range(start_epoch, epochs):
+            self._set_modes()
+            gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+            order = self._order(gen, steps)
+            sums: dict[str, float] = {}
+            for step, index in enumerate(order):
+                losses = self._step(index, epoch, gen)
+                total = losses["loss"]
+                if not torch.isfinite(total):
+                    self._restore(good)
+                    terms = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in losses.items())
+                    raise TrainingError(
+                        f"{self.stage}: loss is not finite at epoch {epoch + 1}, step "
+                        f"{step + 1} ({terms}); weights are back at the last good step"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(total).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                good = self._snapshot()
+                values = {k: float(v.detach()) for k, v in losses.items()}
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                steps_done += 1
+                if progress is not None:
+                    progress(
+                        TrainProgress(self.stage, epoch + 1, epochs, step + 1, len(order), values)
+                    )
+                if should_stop is not None and should_stop():
+                    cancelled = True
+                    break
+            history.append({k: v / max(1, step + 1) for k, v in sums.items()})
+            if cancelled:
+                break
+            epochs_done = epoch + 1
+            if checkpoint:
+                self._save(checkpoint, epochs_done)
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        self.model.eval()
+        return TrainResult(
+            self.stage, epochs_done, steps_done, time.perf_counter() - started, cancelled, history
+        )
+
+    def _order(self, gen: torch.Generator, steps: int) -> list[torch.Tensor]:
+        n, b = len(self.data), self.config.batch_size
+        if self.stage == "heads":
+            return [torch.randperm(n, generator=gen)[:b] for _ in range(steps)]
+        perm = torch.randperm(n, generator=gen)
+        return [perm[i : i + b] for i in range(0, n, b)]
+
+    def _set_modes(self) -> None:
+        self.model.eval()  # frozen parts keep their BatchNorm statistics
+        for module in self.modules:
+            module.train()
+
+    # --- one step per stage ------------------------------------------------------------
+    def _batch(self, index: torch.Tensor, gen: torch.Generator):
+        images = self.data.images[index].float() / 255.0
+        labels = self.data.labels[index]
+        corrections = None
+        if self.data.corrections is not None:
+            corrections = self.data.corrections[index].long()
+        maps = self.maps[index] if self.maps is not None else None
+        if self.config.augment and self.stage != "heads":
+            codes = torch.randint(0, 8, (len(index),), generator=gen)
+            images = apply_dihedral(images, codes)
+            images = stain_jitter(images, self.config.stain_jitter, gen)
+            if corrections is not None:
+                corrections = apply_dihedral(corrections, codes)
+            if maps is not None:
+                maps = apply_dihedral(maps, codes)
+        return (
+            images.to(self.device),
+            labels.to(self.device),
+            None if corrections is None else corrections.to(self.device),
+            None if maps is None else maps.to(self.device),
+        )
+
+    def _step(
+        self, index: torch.Tensor, epoch: int, gen: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        images, labels, corrections, maps = self._batch(index, gen)
+        x = self.model.normalize(images)
+        size = (x.shape[-2], x.shape[-1])
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            if self.stage == "classifier":
+                logits = self.model.classify(self.model.forward_features(x))
+                ce = F.cross_entropy(logits.float(), labels)
+                return {"loss": ce, "ce": ce}
+            if self.stage == "heads":
+                features = [f[index].to(self.device) for f in self.features]
+            elif self.stage == "fcam":
+                with torch.no_grad():
+                    features = self.model.forward_features(x)
+            else:
+                features = self.model.forward_features(x)
+            losses: dict[str, torch.Tensor] = {}
+            total = x.new_zeros(())
+            if self.stage == "pixelcam":
+                logits = self.model.classify(features)
+                losses["ce"] = F.cross_entropy(logits.float(), labels)
+                total = total + losses["ce"]
+                maps = compute_many(
+                    self.model,
+                    x,
+                    [self.config.cam_method],
+                    labels,
+                    features=[f.detach() for f in features],
+                ).maps[self.config.cam_method]
+                self._set_modes()  # compute_many leaves the model in eval mode
+            seeds = self._seeds(maps, labels, corrections, gen)
+            if self.stage == "fcam" or (self.stage == "heads" and "fcam" in self.config.heads):
+                head = self.model.fcam_logits(features, size).float()
+                probs = torch.softmax(head, dim=1)
+                losses["fcam_pce"] = partial_cross_entropy(head, seeds)
+                losses["crf"] = crf_loss(
+                    probs, images, radius=self.config.crf_radius, scale=self.config.crf_scale
+                )
+                positive = self._positive(labels)
+                t = self.barrier(epoch)
+                losses["size"] = (
+                    size_loss(probs[positive], t) if positive.any() else probs.sum() * 0
+                )
+                total = (
+                    total
+                    + losses["fcam_pce"]
+                    + self.config.crf_weight * losses["crf"]
+                    + self.config.size_weight * losses["size"]
+                )
+            if self.stage == "pixelcam" or (
+                self.stage == "heads" and "pixelcam" in self.config.heads
+            ):
+                head = self.model.pixel_logits(features, size).float()
+                losses["pixel_pce"] = partial_cross_entropy(head, self._pixel_labels(seeds, labels))
+                total = total + self.config.pixel_weight * losses["pixel_pce"]
+        losses["loss"] = total
+        return losses
+
+    def _positive(self, labels: torch.Tensor) -> torch.Tensor:
+        if self.negative is None:
+            return torch.ones_like(labels, dtype=torch.bool)
+        return labels != self.negative
+
+    def _seeds(self, maps, labels, corrections, gen) -> torch.Tensor:
+        c = self.config
+        seeds = sample_seeds(
+            maps.float(),
+            c.seeds_per_class,
+            bg_fraction=c.bg_fraction,
+            erode=c.erode,
+            fg_sampling=c.fg_sampling,
+            negatives=~self._positive(labels),
+            generator=gen if maps.device.type == "cpu" else None,
+        )
+        return apply_corrections(seeds, corrections)
+
+    def _pixel_labels(self, seeds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Seeds in the pixel head's classes: binary (bg, fg), or (bg, class 0, ...)."""
+        if self.model.config.pixel_classes == 2:
+            return seeds
+        fg_class = (labels + 1).view(-1, 1, 1).expand_as(seeds)
+        return torch.where(seeds == FG, fg_class, torch.where(seeds == BG, 0, IGNORE))
+
+    # --- fixed inputs of the head stages -----------------------------------------------
+    def _seed_maps(self) -> torch.Tensor:
+        """The classifier's CAMs of every image for its label, computed once."""
+        maps = []
+        for start in range(0, len(self.data), 32):
+            images = self.data.images[start : start + 32]
+            labels = self.data.labels[start : start + 32].to(self.device)
+            x = self.model.normalize(images)
+            maps.append(
+                compute_many(self.model, x, [self.config.cam_method], labels)
+                .maps[self.config.cam_method]
+                .float()
+                .cpu()
+            )
+        return torch.cat(maps)
+
+    @torch.no_grad()
+    def _encode_all(self) -> list[torch.Tensor]:
+        self.model.eval()
+        chunks = []
+        for start in range(0, len(self.data), 16):
+            x = self.model.normalize(self.data.images[start : start + 16])
+            chunks.append([f.cpu() for f in self.model.forward_features(x)])
+        return [torch.cat(parts) for parts in zip(*chunks, strict=True)]
+
+    # --- weights and resuming ----------------------------------------------------------
+    def _snapshot(self) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in self.params]
+
+    def _restore(self, snapshot: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for p, saved in zip(self.params, snapshot, strict=True):
+                p.copy_(saved)
+
+    def _state_path(self, checkpoint: str | Path) -> Path:
+        return Path(f"{checkpoint}.state.pt")
+
+    def _settings(self) -> dict:
+        return {"stage": self.stage, "config": asdict(self.config)}
+
+    def _save(self, checkpoint: str | Path, epoch: int) -> None:
+        self.model.save(checkpoint)
+        state_path = self._state_path(checkpoint)
+        state = {
+            "settings": self._settings(),
+            "epoch": epoch,
+            "optimizer": self.optimizer.state_dict(),
+        }
+        with atomic_path(state_path) as tmp:
+            torch.save(state, tmp)
+
+    def _resume(self, checkpoint: str | Path) -> int:
+        state_path = self._state_path(checkpoint)
+        if not (Path(checkpoint).exists() and state_path.exists()):
+            return 0
+        state = torch.load(state_path, weights_only=True)
+        if state.get("settings") != self._settings():
+            return 0
+        from wsol.checkpoint import load_model
+
+        saved = load_model(checkpoint)
+        self.model.load_state_dict(saved.state_dict())
+        self.optimizer.load_state_dict(state["optimizer"])
+        return int(state["epoch"])
+
+
+def _read_labels(path: Path):
+    """A label image's raw values (palette indices, not colours) as int64 ``[H, W]``."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            values = np.asarray(img)
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable label image ({exc})") from exc
+    if values.ndim == 3:
+        values = values[..., 0]
+    return values.astype(np.int64)

@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import wsol
+from wsol.pseudo import BG, FG, IGNORE
+from wsol.train import TrainConfig, TrainData, TrainingError, train
+
+
+def _toy(n: int = 16, size: int = 64, seed: int = 0) -> tuple[TrainData, torch.Tensor]:
+    """Pink 'tissue'; odd images carry a purple square 'lesion' (the ground truth)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.empty(n, 3, size, size)
+    images[:, 0], images[:, 1], images[:, 2] = 0.9, 0.6, 0.8
+    images += 0.05 * torch.randn(n, 3, size, size, generator=g)
+    labels = torch.arange(n) % 2
+    masks = torch.zeros(n, size, size, dtype=torch.bool)
+    for i in range(1, n, 2):
+        y, x = torch.randint(0, size - 24, (2,), generator=g).tolist()
+        masks[i, y : y + 24, x : x + 24] = True
+    for c, value in enumerate((0.4, 0.2, 0.6)):
+        images[:, c][masks] = value
+    return TrainData((images.clamp(0, 1) * 255).to(torch.uint8), labels), masks
+
+
+def _model() -> wsol.WSOLModel:
+    torch.manual_seed(0)
+    return wsol.create_model("resnet18", 2, input_size=64)
+
+
+def _weights(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_classifier_stage_learns_and_reports_every_step() -> None:
+    data, _ = _toy()
+    model = _model()
+    seen = []
+    result = train(
+        model, data, "classifier", TrainConfig(epochs=3, batch_size=8), progress=seen.append
+    )
+    assert result.epochs_done == 3 and result.steps_done == 6 == len(seen)
+    assert seen[-1].stage == "classifier" and seen[-1].epoch == 3 and "ce" in seen[-1].losses
+    assert result.history[-1]["ce"] < result.history[0]["ce"]
+
+
+def test_fcam_stage_trains_only_the_decoder() -> None:
+    data, _ = _toy()
+    model = _model()
+    encoder, classifier, pixel = (
+        _weights(m) for m in (model.encoder, model.classifier, model.pixel_head)
+    )
+    decoder = _weights(model.decoder)
+    result = train(model, data, "fcam", TrainConfig(epochs=2, batch_size=8, cam_method="cam"))
+    assert set(result.history[0]) == {"loss", "fcam_pce", "crf", "size"}
+    assert _same(encoder, _weights(model.encoder)) and _same(classifier, _weights(model.classifier))
+    assert _same(pixel, _weights(model.pixel_head))
+    assert not _same(decoder, _weights(model.decoder))
+    # BatchNorm statistics of the frozen encoder did not move either.
+    assert _same(
+        [b.clone() for b in model.encoder.buffers()],
+        [b.clone() for b in _model().encoder.buffers()],
+    )
+
+
+def test_pixelcam_stage_trains_encoder_classifier_and_pixel_head() -> None:
+    data, _ = _toy()
+    model = _model()
+    before = {
+        n: _weights(getattr(model, n)) for n in ("encoder", "classifier", "pixel_head", "decoder")
+    }
+    result = train(
+        model, data, "pixelcam", TrainConfig(epochs=1, batch_size=8, lr=1e-4, cam_method="cam")
+    )
+    assert set(result.history[0]) == {"loss", "ce", "pixel_pce"}
+    for name in ("encoder", "classifier", "pixel_head"):
+        assert not _same(before[name], _weights(getattr(model, name))), name
+    assert _same(before["decoder"], _weights(model.decoder))
+
+
+def test_heads_stage_learns_from_the_users_corrections() -> None:
+    data, masks = _toy(n=8)
+    positive = data.labels == 1
+    images, masks = data.images[positive], masks[positive]
+    # Strokes: the left half of each lesion is painted foreground, a few clicks on the
+    # tissue background. The untrained model's CAM seeds are noise: none are drawn.
+    corrections = torch.full(masks.shape, IGNORE)
+    painted_fg = masks.clone()
+    for i, mask in enumerate(masks):
+        cols = mask.any(dim=0).nonzero()[:, 0]
+        painted_fg[i, :, int(cols[len(cols) // 2]) :] = False
+    corrections[painted_fg] = FG
+    clicks = torch.zeros_like(masks)  # five background clicks (disks) on tissue per image
+    g = torch.Generator().manual_seed(1)
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    for i, mask in enumerate(masks):
+        placed = 0
+        while placed < 5:
+            y, x = torch.randint(8, 56, (2,), generator=g).tolist()
+            disk = (yy - y) ** 2 + (xx - x) ** 2 <= 9
+            if not (disk & mask).any():
+                clicks[i] |= disk
+                placed += 1
+    corrections[clicks] = BG
+    unpainted_lesion = masks & ~painted_fg
+    unpainted_tissue = ~masks & ~clicks
+
+    def fg_probability(with_corrections: bool) -> tuple[float, float]:
+        model = _model()
+        train_data = TrainData(
+            images,
+            torch.ones(len(images), dtype=torch.long),
+            corrections if with_corrections else None,
+        )
+        config = TrainConfig(
+            steps=30, batch_size=4, lr=3e-3, heads=("fcam",), cam_method="cam", seeds_per_class=0
+        )
+        train(model, train_data, "heads", config)
+        with torch.no_grad():
+            fg = torch.softmax(model.forward_heads(model.normalize(images)).fcam, 1)[:, 1]
+        return float(fg[unpainted_lesion].mean()), float(fg[unpainted_tissue].mean())
+
+    lesion, tissue = fg_probability(True)
+    assert lesion > 0.7 and tissue < 0.35, (lesion, tissue)  # generalized past the strokes
+    lesion0, tissue0 = fg_probability(False)
+    assert lesion0 - tissue0 < 0.5 * (lesion - tissue)  # without strokes it does not
+
+
+def test_same_seed_same_weights_other_seed_other_weights() -> None:
+    data, _ = _toy()
+    runs = []
+    for seed in (3, 3, 4):
+        model = _model()
+        train(model, data, "fcam", TrainConfig(epochs=1, batch_size=8, seed=seed, cam_method="cam"))
+        runs.append(_weights(model.decoder))
+    assert _same(runs[0], runs[1]) and not _same(runs[0], runs[2])
+
+
+def test_cancel_then_resume_ends_with_the_weights_of_a_straight_run(tmp_path: Path) -> None:
+    data, _ = _toy()
+    config = TrainConfig(epochs=3, batch_size=8, cam_method="cam")
+    straight = _model()
+    train(straight, data, "fcam", config)
+
+    ckpt = tmp_path / "f.safetensors"
+    steps = []
+    stopped = train(
+        _model(),
+        data,
+        "fcam",
+        config,
+        checkpoint=ckpt,
+        progress=steps.append,
+        should_stop=lambda: len(steps) == 3,
+    )  # epoch 1 has 2 steps
+    assert stopped.cancelled and stopped.epochs_done == 1 and stopped.steps_done == 3
+    saved = wsol.load_model(ckpt)  # the last finished epoch, loadable
+    assert all(torch.isfinite(p).all() for p in saved.parameters())
+
+    resumed = _model()  # as in a new process: the weights come from the checkpoint
+    result = train(resumed, data, "fcam", config, checkpoint=ckpt)
+    assert result.epochs_done == 3 and result.steps_done == 4  # epochs 2 and 3 only
+    assert _same(_weights(resumed.decoder), _weights(straight.decoder))
+    # Other settings do not resume: a straight run from the model given.
+    other = train(
+        _model(),
+        data,
+        "fcam",
+        TrainConfig(epochs=1, batch_size=8, lr=5e-4, cam_method="cam"),
+        checkpoint=ckpt,
+    )
+    assert other.steps_done == 2
+
+
+def test_a_non_finite_loss_stops_with_a_clear_error_and_sane_weights() -> None:
+    data, _ = _toy()
+    model = _model()
+    bn = next(m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_var.fill_(-1.0)  # a corrupt checkpoint: the frozen encoder yields NaN
+    decoder = _weights(model.decoder)
+    with pytest.raises(TrainingError, match="fcam: loss is not finite at epoch 1, step 1"):
+        train(model, data, "fcam", TrainConfig(epochs=1, batch_size=8, cam_method="cam"))
+    assert _same(decoder, _weights(model.decoder))
+
+
+def test_bad_arguments() -> None:
+    data, _ = _toy(n=2)
+    with pytest.raises(wsol.InputError, match="unknown stage"):
+        train(_model(), data, "everything")
+    with pytest.raises(wsol.InputError, match="heads must be"):
+        train(_model(), data, "heads", TrainConfig(heads=("decoder",)))
+    with pytest.raises(wsol.InputError, match="one label per image"):
+        TrainData(data.images, torch.zeros(3, dtype=torch.long))
