@@ -78,8 +78,9 @@ class TrainData:
                 if not path.exists():
                     continue
                 painted = torch.from_numpy(_read_labels(path))
-                painted = F.interpolate(painted[None, None].float(), size=(size, size),
-                                        mode="nearest")[0, 0].long()
+                painted = F.interpolate(
+                    painted[None, None].float(), size=(size, size), mode="nearest"
+                )[0, 0].long()
                 if painted.max() > 2:
                     raise InputError(f"{path}: corrections must be 0 (none), 1 (bg), 2 (fg)")
                 corrections[i] = painted - 1  # 0 -> IGNORE (-1), 1 -> BG (0), 2 -> FG (1)
@@ -112,6 +113,7 @@ class TrainConfig:
     barrier_cap: float = 10.0
     pixel_weight: float = 1.0
     heads: tuple[str, ...] = ("fcam", "pixelcam")
+    heads_crop: int | None = 256  # "heads": train on windows of this size per step
     negative_class: int | None = -1  # -1: class 0 of a two-class model, else none
     amp: bool = True
 
@@ -227,10 +229,11 @@ class _Trainer:
         if n == 0:
             raise InputError("no training images")
         start_epoch = self._resume(checkpoint) if (checkpoint and resume) else 0
+        if self.stage == "heads":
+            self.features = self._encode_all()
         if self.stage in ("fcam", "heads"):
             self.maps = self._seed_maps()
         if self.stage == "heads":
-            self.features = self._encode_all()
             epochs = 1
             steps = config.steps or 20
         else:
@@ -332,6 +335,10 @@ class _Trainer:
                 return {"loss": ce, "ce": ce}
             if self.stage == "heads":
                 features = [f[index].to(self.device) for f in self.features]
+                images, maps, corrections, features = self._crop(
+                    images, maps, corrections, features, gen
+                )
+                size = (images.shape[-2], images.shape[-1])
             elif self.stage == "fcam":
                 with torch.no_grad():
                     features = self.model.forward_features(x)
@@ -379,6 +386,39 @@ class _Trainer:
         losses["loss"] = total
         return losses
 
+    def _crop(self, images, maps, corrections, features, gen):
+        """A random ``heads_crop`` window of the batch, on the encoder's coarsest grid.
+
+        The decoder's cost grows with pixels; a window per step keeps a heads round on a
+        large region short while every part of it is seen over the steps. Half of the
+        windows are centred on a corrected pixel, so strokes are learnt quickly.
+        """
+        crop = self.config.heads_crop
+        h, w = images.shape[-2:]
+        if not crop or (h <= crop and w <= crop):
+            return images, maps, corrections, features
+        grid = max(self.model.feature_reductions)
+        ch, cw = min(crop, h), min(crop, w)
+        painted = None if corrections is None else (corrections != IGNORE).nonzero()
+        if painted is not None and len(painted) and torch.rand((), generator=gen) < 0.5:
+            _, py, px = painted[int(torch.randint(len(painted), (), generator=gen))].tolist()
+            y0, x0 = py - ch // 2, px - cw // 2
+        else:
+            y0 = int(torch.randint(0, h - ch + 1, (), generator=gen))
+            x0 = int(torch.randint(0, w - cw + 1, (), generator=gen))
+        y0 = min(max(0, y0), h - ch) // grid * grid
+        x0 = min(max(0, x0), w - cw) // grid * grid
+        window = (..., slice(y0, y0 + ch), slice(x0, x0 + cw))
+        cropped = []
+        for f, r in zip(features, self.model.feature_reductions, strict=True):
+            cropped.append(f[..., y0 // r : (y0 + ch) // r, x0 // r : (x0 + cw) // r])
+        return (
+            images[window],
+            maps[window],
+            None if corrections is None else corrections[window],
+            cropped,
+        )
+
     def _positive(self, labels: torch.Tensor) -> torch.Tensor:
         if self.negative is None:
             return torch.ones_like(labels, dtype=torch.bool)
@@ -412,8 +452,11 @@ class _Trainer:
             images = self.data.images[start : start + 32]
             labels = self.data.labels[start : start + 32].to(self.device)
             x = self.model.normalize(images)
+            cached = None
+            if self.features is not None:
+                cached = [f[start : start + 32].to(self.device) for f in self.features]
             maps.append(
-                compute_many(self.model, x, [self.config.cam_method], labels)
+                compute_many(self.model, x, [self.config.cam_method], labels, features=cached)
                 .maps[self.config.cam_method]
                 .float()
                 .cpu()
