@@ -117,6 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="ignore a resumable state at --out")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
 
+    p = sub.add_parser(
+        "make-benchmark", help="build a WSOL dataset with ground truth from real H&E slides"
+    )
+    p.add_argument("out", type=Path, help="folder for train/, val/, test/")
+    p.add_argument("--background", type=Path, nargs="+", help="slides/images cut as tissue")
+    p.add_argument("--lesion", type=Path, nargs="+", help="slides/images the lesions come from")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--downsample", type=float, default=2.0, help="level-0 px per tile px")
+    p.add_argument(
+        "--tiles", type=int, nargs=3, default=(400, 100, 200), metavar=("TRAIN", "VAL", "TEST")
+    )
+    p.add_argument("--seed", type=int, default=0)
+
     p = sub.add_parser("create-model", help="write a new (untrained) model checkpoint")
     p.add_argument("out", type=Path, help="checkpoint to write (.safetensors)")
     p.add_argument("--backbone", default="resnet18")
@@ -137,6 +150,29 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--scorecam-images", type=int, default=1)
     b.add_argument("--device", default="cpu")
     b.add_argument("--no-reference", action="store_true", help="skip pytorch-grad-cam")
+    b = bench.add_parser("quality", help="train from scratch, compare CAMs with F-CAM/PixelCAM")
+    b.add_argument("data", type=Path, help="a make-benchmark folder (train/, test/)")
+    b.add_argument("--backbone", default="resnet18")
+    b.add_argument("--size", type=int, default=128)
+    b.add_argument(
+        "--epochs",
+        type=int,
+        nargs=3,
+        default=(12, 4, 8),
+        metavar=("CLASSIFIER", "PIXELCAM", "FCAM"),
+    )
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--checkpoint", type=Path, help="also save the trained model here")
+    b.add_argument("--json", type=Path, help="write the report here")
+    b = bench.add_parser("corrections", help="simulated user strokes, heads fine-tuned per round")
+    b.add_argument("data", type=Path, help="a make-benchmark folder (test/)")
+    b.add_argument("--checkpoint", type=Path, required=True, help="a trained model")
+    b.add_argument("--rounds", type=int, default=3)
+    b.add_argument("--strokes", type=int, default=10, help="strokes per round")
+    b.add_argument("--regions", type=int, default=3, help="4x4-tile regions to correct")
+    b.add_argument("--steps", type=int, default=15, help="fine-tuning steps per round")
+    b.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate")
+    b.add_argument("--json", type=Path, help="write the report here")
     b = bench.add_parser("slide", help="streaming pipeline vs a naive tile loop on one slide")
     b.add_argument("slide", type=Path)
     b.add_argument("--backbone", default="resnet18")
@@ -366,6 +402,35 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_benchmark(args: argparse.Namespace) -> int:
+    from wsol.benchmark_data import BenchmarkSpec, default_sources, make_benchmark
+
+    backgrounds, lesions = args.background, args.lesion
+    if not backgrounds or not lesions:
+        # ../shared beside the checkout (or beside the current folder) holds the slides.
+        candidates = [Path.cwd().parent / "shared", Path(__file__).resolve().parents[3] / "shared"]
+        shared = next((c for c in candidates if c.is_dir()), candidates[0])
+        default_bg, default_lesion = default_sources(shared)
+        backgrounds, lesions = backgrounds or default_bg, lesions or default_lesion
+    train_n, val_n, test_n = args.tiles
+    spec = BenchmarkSpec(
+        size=args.size,
+        downsample=args.downsample,
+        train=train_n,
+        val=val_n,
+        test=test_n,
+        seed=args.seed,
+    )
+    summary = make_benchmark(args.out, backgrounds, lesions, spec)
+    for split, info in summary["splits"].items():
+        print(
+            f"{split}: {info['tiles']} tiles, {info['positive']} with lesions "
+            f"(mean area {info['object_fraction_mean']:.0%})"
+        )
+    print(f"wrote {args.out} (preview: {args.out / 'preview.png'})")
+    return 0
+
+
 def _create_model(args: argparse.Namespace) -> int:
     import torch
 
@@ -397,6 +462,10 @@ def _create_model(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if args.bench == "slide":
         return _bench_slide(args)
+    if args.bench == "quality":
+        return _bench_quality(args)
+    if args.bench == "corrections":
+        return _bench_corrections(args)
     from wsol.bench import bench_cams, markdown_table
 
     report = bench_cams(
@@ -410,6 +479,60 @@ def _bench(args: argparse.Namespace) -> int:
     )
     print()
     print(markdown_table(report))
+    if args.json:
+        _write_json(args.json, report)
+    return 0
+
+
+def _bench_quality(args: argparse.Namespace) -> int:
+    from wsol.bench_quality import bench_quality, markdown_table
+    from wsol.train import TrainConfig
+
+    e_cls, e_pix, e_fcam = args.epochs
+    report = bench_quality(
+        args.data,
+        backbone=args.backbone,
+        size=args.size,
+        classifier=TrainConfig(epochs=e_cls, batch_size=32, lr=1e-3, seed=args.seed),
+        pixelcam=TrainConfig(epochs=e_pix, batch_size=32, lr=1e-4, seed=args.seed),
+        fcam=TrainConfig(epochs=e_fcam, batch_size=32, lr=1e-3, seed=args.seed),
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(f"accuracy {report['accuracy']:.1f}% on {report['test_tiles']} test tiles")
+    print(markdown_table(report))
+    for method, goal in report["goals"].items():
+        print(
+            f"{method}: PxAP {goal['pxap_gain']:+.1f} vs the best CAM "
+            f"({'met' if goal['pxap_goal_met'] else 'missed'} +15), Dice "
+            f"{report['methods'][method]['dice_fg']:.1f} "
+            f"({'met' if goal['dice_goal_met'] else 'missed'} 80)"
+        )
+    if args.json:
+        _write_json(args.json, report)
+    return 0
+
+
+def _bench_corrections(args: argparse.Namespace) -> int:
+    from wsol.bench_corrections import bench_corrections
+
+    report = bench_corrections(
+        args.data,
+        args.checkpoint,
+        rounds=args.rounds,
+        strokes_per_round=args.strokes,
+        regions=args.regions,
+        steps=args.steps,
+        lr=args.lr,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    dice = " -> ".join(f"{d:.1f}" for d in report["mean_dice"])
+    print(f"mean Dice by round: {dice} ({report['gain']:+.1f} points)")
+    print(
+        f"round time: median {report['median_round_seconds']:.2f} s, "
+        f"max {report['max_round_seconds']:.2f} s"
+    )
     if args.json:
         _write_json(args.json, report)
     return 0
@@ -462,6 +585,7 @@ _COMMANDS = {
     "eval": _eval,
     "predict": _predict,
     "train": _train,
+    "make-benchmark": _make_benchmark,
     "create-model": _create_model,
     "bench": _bench,
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import ndimage
@@ -36,11 +37,16 @@ class TissueMask:
     def fraction(self) -> float:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
+    @cached_property
+    def _integral(self) -> np.ndarray:
+        integral = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), np.int64)
+        integral[1:, 1:] = self.mask.cumsum(0).cumsum(1)
+        return integral
+
     def box_fractions(self, boxes: np.ndarray) -> np.ndarray:
         """Tissue fraction of each level-0 box ``[N, 4]`` as ``(y, x, h, w)``."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        integral = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), np.int64)
-        integral[1:, 1:] = self.mask.cumsum(0).cumsum(1)
+        integral = self._integral
         h, w = self.mask.shape
         # Mask pixels the box touches, unclipped: outside the slide counts as glass.
         ty0 = np.floor(boxes[:, 0] / self.downsample).astype(np.int64)

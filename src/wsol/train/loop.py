@@ -235,7 +235,7 @@ class _Trainer:
             self.maps = self._seed_maps()
         if self.stage == "heads":
             epochs = 1
-            steps = config.steps or 20
+            steps = config.steps or 15
         else:
             epochs = config.epochs
             steps = -(-n // config.batch_size)

@@ -1,0 +1,100 @@
+"""The quality and correction benchmarks, end to end on a tiny generated benchmark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wsol.bench_corrections import dice, strokes
+from wsol.benchmark_data import BenchmarkSpec, make_benchmark
+from wsol.cli import main
+from wsol.pseudo import BG, FG
+from wsol.samples import sample_path
+
+
+def test_strokes_go_to_the_deepest_point_of_the_largest_errors() -> None:
+    truth = np.zeros((40, 40), bool)
+    truth[5:25, 5:25] = True  # the object
+    pred = np.zeros_like(truth)
+    pred[5:25, 5:15] = True  # right half missed: a 20 x 10 false negative
+    pred[30:34, 30:34] = True  # a small false positive
+    marks = strokes(pred, truth, k=5, radius=2)
+    assert len(marks) == 2
+    (y, x, label), (y2, x2, label2) = marks
+    assert label == FG and 5 <= y < 25 and 15 <= x < 25 and x in (19, 20)
+    assert label2 == BG and 30 <= y2 < 34 and 30 <= x2 < 34
+    assert strokes(truth, truth, k=5, radius=2) == []
+
+
+def test_dice() -> None:
+    a = np.zeros((4, 4), bool)
+    a[:2] = True
+    assert dice(a, a) == 100.0 and dice(a, ~a) == 0.0
+    assert dice(np.zeros_like(a), np.zeros_like(a)) == 100.0
+
+
+@pytest.fixture(scope="module")
+def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory, synthetic_slide: Path) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    spec = BenchmarkSpec(size=32, train=16, val=4, test=16, seed=0)
+    make_benchmark(out, [sample_path("he_tile")], [synthetic_slide], spec)
+    return out
+
+
+def test_bench_quality_and_corrections_from_the_command_line(
+    tiny_benchmark: Path, tmp_path: Path, capsys
+) -> None:
+    report, ckpt = tmp_path / "q.json", tmp_path / "m.safetensors"
+    assert (
+        main(
+            [
+                "bench",
+                "quality",
+                str(tiny_benchmark),
+                "--size",
+                "32",
+                "--epochs",
+                "1",
+                "1",
+                "1",
+                "--json",
+                str(report),
+                "--checkpoint",
+                str(ckpt),
+            ]
+        )
+        == 0
+    )
+    data = json.loads(report.read_text())
+    assert set(data["methods"]) == {"cam", "gradcampp", "layercam", "fcam", "pixelcam"}
+    assert all(0 <= m["pxap"] <= 100 for m in data["methods"].values())
+    assert set(data["goals"]) == {"fcam", "pixelcam"}
+    out = capsys.readouterr().out
+    assert "| fcam |" in out and "PxAP" in out
+    corrections = tmp_path / "c.json"
+    assert (
+        main(
+            [
+                "bench",
+                "corrections",
+                str(tiny_benchmark),
+                "--checkpoint",
+                str(ckpt),
+                "--rounds",
+                "2",
+                "--regions",
+                "1",
+                "--steps",
+                "3",
+                "--json",
+                str(corrections),
+            ]
+        )
+        == 0
+    )
+    data = json.loads(corrections.read_text())
+    assert len(data["mean_dice"]) == 3 and len(data["regions"][0]["round_seconds"]) == 2
+    assert data["settings"]["region"] == [128, 128]
