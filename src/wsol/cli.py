@@ -495,7 +495,9 @@ def _bench_quality(args: argparse.Namespace) -> int:
         size=args.size,
         classifier=TrainConfig(epochs=e_cls, batch_size=32, lr=1e-3, seed=args.seed),
         pixelcam=TrainConfig(epochs=e_pix, batch_size=32, lr=1e-4, seed=args.seed),
-        fcam=TrainConfig(epochs=e_fcam, batch_size=32, lr=1e-3, seed=args.seed),
+        fcam=TrainConfig(
+            epochs=e_fcam, batch_size=32, lr=1e-3, seed=args.seed, bg_fraction=0.5, crf_weight=5.0
+        ),
         seed=args.seed,
         checkpoint=args.checkpoint,
         log=lambda line: print(line, file=sys.stderr, flush=True),
