@@ -374,52 +374,14 @@ def test_train_stages_from_the_command_line_with_corrections(tmp_path: Path, cap
     )
     assert "classifier epoch 2/2: loss" in capsys.readouterr().err
     fcam = tmp_path / "fcam.safetensors"
-    assert (
-        main(
-            [
-                "train",
-                str(data),
-                "--stage",
-                "fcam",
-                "--checkpoint",
-                str(cls),
-                "--out",
-                str(fcam),
-                "--epochs",
-                "1",
-                "--batch-size",
-                "4",
-                "--cam-method",
-                "cam",
-            ]
-        )
-        == 0
-    )
+    fcam_stage = ["train", str(data), "--stage", "fcam", "--checkpoint", str(cls), "--out"]
+    fcam_stage += [str(fcam), "--epochs", "1", "--batch-size", "4", "--cam-method", "cam"]
+    assert main(fcam_stage) == 0
     trained, before = wsol.load_model(fcam), wsol.load_model(cls)
     assert torch.equal(trained.classifier.fc.weight, before.classifier.fc.weight)
     assert not torch.equal(trained.decoder.segmentation.weight, before.decoder.segmentation.weight)
     # Rerunning the finished stage resumes past its last epoch: nothing left to do.
-    assert (
-        main(
-            [
-                "train",
-                str(data),
-                "--stage",
-                "fcam",
-                "--checkpoint",
-                str(cls),
-                "--out",
-                str(fcam),
-                "--epochs",
-                "1",
-                "--batch-size",
-                "4",
-                "--cam-method",
-                "cam",
-            ]
-        )
-        == 0
-    )
+    assert main(fcam_stage) == 0
     assert "0 steps" in capsys.readouterr().out
 
 
