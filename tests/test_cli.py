@@ -200,22 +200,9 @@ def test_predict_on_a_plain_png_and_a_pyramidal_tiff(
     tmp_path: Path, checkpoint: Path, synthetic_slide: Path, capsys
 ) -> None:
     png = sample_path("he_tile")
-    code = main(
-        [
-            "predict",
-            str(png),
-            str(synthetic_slide),
-            "--checkpoint",
-            str(checkpoint),
-            "--methods",
-            "cam,fcam",
-            "--out",
-            str(tmp_path),
-            "--level",
-            "0",
-        ]
-    )
-    assert code == 0
+    options = ["--checkpoint", str(checkpoint), "--methods", "cam,fcam", "--out", str(tmp_path)]
+    options += ["--level", "0"]
+    assert main(["predict", str(png), str(synthetic_slide), *options]) == 0
     for stem in ("he_tile", "synthetic"):
         for path in _predict_outputs(tmp_path, stem, ["cam", "fcam"]):
             assert path.exists(), path
@@ -224,23 +211,7 @@ def test_predict_on_a_plain_png_and_a_pyramidal_tiff(
     mask = tifffile.imread(tmp_path / "he_tile.fcam.mask.ome.tif")
     assert mask.shape == (128, 128)  # 512 px at 4 px per map pixel
     # Rerunning resumes the finished stores instead of recomputing them.
-    assert (
-        main(
-            [
-                "predict",
-                str(png),
-                "--checkpoint",
-                str(checkpoint),
-                "--methods",
-                "cam,fcam",
-                "--out",
-                str(tmp_path),
-                "--level",
-                "0",
-            ]
-        )
-        == 0
-    )
+    assert main(["predict", str(png), *options]) == 0
     assert "121 tissue tiles, 0 run" in capsys.readouterr().out
 
 

@@ -164,7 +164,7 @@ def infer_slide(
         store.set_complete(0.0)
         return InferenceResult(store, total, 0, 0.0)
 
-    runner = _Runner(model, slide, grid, store, methods, target, amp, cam_options)
+    runner = _Runner(model, slide, grid, methods, target, amp, cam_options)
     start = time.perf_counter()
     done = total - len(plan.order)
     cancelled = False
@@ -273,7 +273,7 @@ def _open_or_create(
 class _Runner:
     """Reads tiles and turns batches into blended-ready map tiles."""
 
-    def __init__(self, model, slide, grid, store, methods, target, amp, cam_options) -> None:
+    def __init__(self, model, slide, grid, methods, target, amp, cam_options) -> None:
         self.model, self.slide, self.grid = model, slide, grid
         self.methods, self.target, self.cam_options = methods, target, cam_options
         self.device = model.device
@@ -370,7 +370,6 @@ class _Plan:
         self.acc: dict[tuple[int, int], np.ndarray] = {}
         self.weight: dict[tuple[int, int], np.ndarray] = {}
         self.probs: dict[int, np.ndarray] = {}
-        self.roi_chunks: set[tuple[int, int]] = set()
 
     def _chunk_shape(self, r: int, c: int) -> tuple[int, int]:
         h = min(self.chunk, self.map_shape[0] - r * self.chunk)

@@ -14,7 +14,6 @@ cancel the store says exactly what is left to compute.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -243,9 +242,6 @@ class MapStore:
         meta = dict(self.meta, complete=True, seconds=round(seconds, 2))
         self.group.attrs["wsol"] = meta
         self.meta = meta
-
-    def describe(self) -> str:
-        return json.dumps({k: self.meta[k] for k in ("methods", "grid", "complete")}, indent=1)
 
 
 def _halve(data: np.ndarray) -> np.ndarray:

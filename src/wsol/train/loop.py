@@ -12,8 +12,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from wsol.atomic import atomic_path
 from wsol.cams import compute_many
@@ -513,11 +515,8 @@ class _Trainer:
         return int(state["epoch"])
 
 
-def _read_labels(path: Path):
+def _read_labels(path: Path) -> np.ndarray:
     """A label image's raw values (palette indices, not colours) as int64 ``[H, W]``."""
-    import numpy as np
-    from PIL import Image
-
     try:
         with Image.open(path) as img:
             values = np.asarray(img)
