@@ -174,8 +174,9 @@ def test_bench_cams_small_run(tmp_path: Path) -> None:
     assert rows["scorecam"]["per_image"] is True
 
 
-def test_demo_writes_overlays(tmp_path: Path, capsys) -> None:
-    assert main(["demo", "--out", str(tmp_path), "--methods", "cam,fcam,pixelcam"]) == 0
+def test_headless_demo_writes_overlays(tmp_path: Path, capsys) -> None:
+    args = ["demo", "--headless", "--out", str(tmp_path), "--methods", "cam,fcam,pixelcam"]
+    assert main(args) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [
         "he_tile_cam.png",
@@ -184,9 +185,17 @@ def test_demo_writes_overlays(tmp_path: Path, capsys) -> None:
         "he_tile_pixelcam.png",
     ]
     text = capsys.readouterr().out
-    assert "WSOLModel  resnet18" in text and "class probabilities" in text
+    assert "WSOLModel  resnet10t" in text and "class probabilities" in text  # sample model
     overlay = np.asarray(Image.open(tmp_path / "he_tile_cam.png"))
     assert overlay.shape == (512, 512, 3)
+
+
+def test_demo_without_a_display_falls_back_to_headless(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert main(["demo", "--out", str(tmp_path), "--methods", "cam"]) == 0
+    assert "no display found" in capsys.readouterr().err
+    assert (tmp_path / "he_tile_cam.png").is_file()
 
 
 def _predict_outputs(out: Path, stem: str, methods: list[str]) -> list[Path]:

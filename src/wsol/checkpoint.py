@@ -21,12 +21,18 @@ FORMAT_KEY = "wsol_format"
 FORMAT_VERSION = "1"
 
 
-def save_model(model: WSOLModel, path: str | Path) -> Path:
-    """Save ``model`` to ``path`` (``.safetensors``), atomically."""
+def save_model(model: WSOLModel, path: str | Path, half: bool = False) -> Path:
+    """Save ``model`` to ``path`` (``.safetensors``), atomically.
+
+    ``half`` stores floating-point tensors as float16 (half the size, for shipping a
+    model); loading casts them back to the model's float32 parameters.
+    """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: checkpoints are written as .safetensors files")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     metadata = {CONFIG_KEY: model.config.to_json(), FORMAT_KEY: FORMAT_VERSION}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)

@@ -41,13 +41,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="print the model summary and write overlays for a sample image")
-    p.add_argument("--image", type=Path, help="image to explain (default: the sample H&E tile)")
-    p.add_argument("--checkpoint", type=Path, help="model checkpoint (default: untrained resnet18)")
-    p.add_argument(
-        "--methods", type=_methods, default="all", help="comma-separated methods or 'all'"
+    p = sub.add_parser(
+        "demo",
+        help="open napari with the sample slide, the WSOL widget and the sample model "
+        "(--headless: write overlays of a sample image instead)",
     )
-    p.add_argument("--out", type=Path, default=Path("wsol-demo"), help="output folder")
+    p.add_argument(
+        "--headless",
+        action="store_true",
+        help="no window: print the model summary and write overlay PNGs (also chosen "
+        "automatically when no display is available)",
+    )
+    p.add_argument("--exit-when-done", action="store_true", help="close napari once computed")
+    p.add_argument("--image", type=Path, help="headless: image to explain (default: H&E tile)")
+    p.add_argument(
+        "--checkpoint", type=Path, help="headless: model checkpoint (default: the sample model)"
+    )
+    p.add_argument(
+        "--methods", type=_methods, help="comma-separated methods or 'all' (default: app's / all)"
+    )
+    p.add_argument("--out", type=Path, default=Path("wsol-demo"), help="headless: output folder")
 
     p = sub.add_parser("cam", help="compute one method's map for an image")
     p.add_argument("image", type=Path)
@@ -112,8 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--cam-method", default="gradcampp", help="CAM the seeds come from")
+    p.add_argument(
+        "--bg-fraction", type=float, default=0.3, help="seeds: lowest fraction of the CAM = bg"
+    )
+    p.add_argument("--crf-weight", type=float, default=1.0, help="weight of the F-CAM CRF loss")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument(
+        "--half", action="store_true", help="store the final weights as float16 (half the size)"
+    )
     p.add_argument("--restart", action="store_true", help="ignore a resumable state at --out")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
 
@@ -137,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", help="local timm weights file, or 'timm' to download")
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--mpp", type=float, help="microns per pixel the model is trained at")
+    p.add_argument(
+        "--decoder-channels",
+        default="256,128,64,32,16",
+        help="F-CAM decoder widths, deepest first (comma-separated)",
+    )
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("bench", help="benchmarks")
@@ -202,9 +227,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from wsol.demo import run_demo
+    import importlib.util
+    import os
 
-    run_demo(args.out, image=args.image, checkpoint=args.checkpoint, methods=args.methods)
+    from wsol.cams import METHODS
+    from wsol.demo import run_demo
+    from wsol.samples import sample_model_path
+
+    headless = args.headless
+    if not headless and sys.platform.startswith("linux"):
+        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            print("wsol demo: no display found; running the headless demo", file=sys.stderr)
+            headless = True
+    if not headless and importlib.util.find_spec("napari") is None:
+        print(
+            "wsol demo: napari is not installed (pip install 'napari-wsol[napari]'); "
+            "running the headless demo",
+            file=sys.stderr,
+        )
+        headless = True
+    if not headless:
+        # The GUI lives in the napari_wsol package; the engine only hands over to it.
+        gui = importlib.import_module("napari_wsol.demo")
+        return gui.main(args.methods, exit_when_done=args.exit_when_done)
+    checkpoint = args.checkpoint or sample_model_path()
+    run_demo(args.out, image=args.image, checkpoint=checkpoint, methods=args.methods or METHODS)
     return 0
 
 
@@ -368,6 +415,8 @@ def _train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         cam_method=args.cam_method,
+        bg_fraction=args.bg_fraction,
+        crf_weight=args.crf_weight,
         seed=args.seed,
         augment=not args.no_augment,
     )
@@ -395,6 +444,8 @@ def _train(args: argparse.Namespace) -> int:
     if result.cancelled:
         print(f"stopped; {out} holds epoch {result.epochs_done} - rerun to resume", file=sys.stderr)
         return 130
+    if args.half:
+        model.save(out, half=True)
     print(
         f"{args.stage}: {result.epochs_done} epoch(s), {result.steps_done} steps in "
         f"{result.seconds:.1f} s -> {out}"
@@ -452,6 +503,7 @@ def _create_model(args: argparse.Namespace) -> int:
         class_names=names,
         input_size=args.input_size,
         mpp=args.mpp,
+        decoder_channels=[int(c) for c in args.decoder_channels.split(",")],
     )
     model.save(args.out)
     print(model.summary())

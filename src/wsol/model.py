@@ -100,11 +100,14 @@ class WSOLModel(nn.Module):
             features,
         )
 
-    def save(self, path: str | Path) -> Path:
-        """Write weights and config to one ``.safetensors`` file (atomically)."""
+    def save(self, path: str | Path, half: bool = False) -> Path:
+        """Write weights and config to one ``.safetensors`` file (atomically).
+
+        ``half`` stores the weights as float16 (loading casts them back to float32).
+        """
         from wsol.checkpoint import save_model
 
-        return save_model(self, path)
+        return save_model(self, path, half=half)
 
     def extra_repr(self) -> str:
         c = self.config

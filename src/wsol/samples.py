@@ -14,6 +14,9 @@ class SampleImage:
 
 
 SAMPLES = {
+    "cmu_small_region": SampleImage(
+        "CMU-1-Small-Region.svs", "H&E slide (CMU-1-Small-Region.svs, Aperio, 0.5 µm/px)", 0.499
+    ),
     "he_tile": SampleImage("he_tile.png", "H&E tile (CMU-1-Small-Region, 0.5 µm/px)", 0.499),
     "chelsea": SampleImage("chelsea.png", "Natural image (Chelsea the cat)", None),
 }
@@ -25,6 +28,16 @@ def sample_dir() -> Path:
     if packaged.is_dir():
         return packaged
     return Path(__file__).resolve().parents[2] / "sample_data"
+
+
+#: The model shipped for the demo (see sample_data/README.md for how it was trained).
+SAMPLE_MODEL = "sample_model.safetensors"
+
+
+def sample_model_path() -> Path | None:
+    """The shipped sample model, or None if this installation lacks it."""
+    path = sample_dir() / SAMPLE_MODEL
+    return path if path.is_file() else None
 
 
 def sample_path(name: str) -> Path:

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from PIL import Image
 from skimage import measure
 
 from wsol.atomic import atomic_path
+from wsol.errors import InputError
 from wsol.infer.store import MapStore
 
 #: Longest side of the map level polygons are traced on: bounds memory for any slide.
@@ -24,18 +26,63 @@ def write_mask_tiff(
     method: str,
     path: str | Path,
     threshold: float = 0.5,
+    level: int = 0,
 ) -> Path:
     """Write ``map >= threshold`` as a tiled pyramidal OME-TIFF (uint8, 255 = positive).
 
-    Each pyramid level thresholds the map's own level; tiles are streamed from the store,
-    so memory does not depend on the slide's size. Pixel size is the map's (the slide's
-    mpp times :meth:`MapStore.scale`) when the slide's mpp is known.
+    Each pyramid level thresholds the map's own level, from ``level`` (0: the finest)
+    down; tiles are streamed from the store, so memory does not depend on the slide's
+    size. Pixel size is the map's (the slide's mpp times :meth:`MapStore.scale`) when
+    the slide's mpp is known.
     """
-    levels = store.levels(method)
+    return _write_pyramid(
+        store,
+        method,
+        path,
+        level,
+        lambda block: (block >= threshold) * np.uint8(255),
+        np.uint8,
+        f"{method} >= {threshold}",
+    )
+
+
+def write_heatmap_tiff(store: MapStore, method: str, path: str | Path, level: int = 0) -> Path:
+    """Write the map itself (float32 in [0, 1]) as a tiled pyramidal OME-TIFF."""
+    return _write_pyramid(
+        store, method, path, level, lambda block: block.astype(np.float32), np.float32, method
+    )
+
+
+def write_mask_png(
+    store: MapStore, method: str, path: str | Path, threshold: float = 0.5, level: int = 0
+) -> Path:
+    """``map >= threshold`` at one map level as an 8-bit PNG (255 = positive).
+
+    A PNG holds the whole level in memory: choose a level that fits (the app offers
+    the coarser ones for large slides).
+    """
+    array = _level(store, method, level)
+    mask = (np.asarray(array[...]) >= threshold).astype(np.uint8) * np.uint8(255)
     path = Path(path)
-    metadata = {"axes": "YX", "Name": f"{method} >= {threshold}"}
+    with atomic_path(path) as tmp:
+        Image.fromarray(mask).save(tmp, format="PNG")
+    return path
+
+
+def _level(store: MapStore, method: str, level: int):
+    levels = store.levels(method)
+    if not 0 <= level < len(levels):
+        raise InputError(f"{store.path}: map level {level} out of range 0..{len(levels) - 1}")
+    return levels[level]
+
+
+def _write_pyramid(store, method, path, level, convert, dtype, name) -> Path:
+    _level(store, method, level)
+    levels = store.levels(method)[level:]
+    path = Path(path)
+    metadata = {"axes": "YX", "Name": name}
     if store.mpp:
-        size = store.mpp * store.scale(0)
+        size = store.mpp * store.scale(level)
         metadata.update(
             PhysicalSizeX=size, PhysicalSizeY=size, PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm"
         )
@@ -44,29 +91,25 @@ def write_mask_tiff(
             options = dict(
                 tile=(_TILE, _TILE),
                 compression="zlib",
-                dtype=np.uint8,
+                dtype=dtype,
                 shape=array.shape,
                 photometric="minisblack",
             )
+            tiles = _tiles(array, convert, dtype)
             if k == 0:
-                tif.write(
-                    _mask_tiles(array, threshold),
-                    subifds=len(levels) - 1,
-                    metadata=metadata,
-                    **options,
-                )
+                tif.write(tiles, subifds=len(levels) - 1, metadata=metadata, **options)
             else:
-                tif.write(_mask_tiles(array, threshold), subfiletype=1, metadata=None, **options)
+                tif.write(tiles, subfiletype=1, metadata=None, **options)
     return path
 
 
-def _mask_tiles(array, threshold: float) -> Iterator[np.ndarray]:
+def _tiles(array, convert, dtype) -> Iterator[np.ndarray]:
     height, width = array.shape
     for y in range(0, height, _TILE):
         for x in range(0, width, _TILE):
             block = np.asarray(array[y : y + _TILE, x : x + _TILE])
-            tile = np.zeros((_TILE, _TILE), np.uint8)
-            tile[: block.shape[0], : block.shape[1]] = (block >= threshold) * np.uint8(255)
+            tile = np.zeros((_TILE, _TILE), dtype)
+            tile[: block.shape[0], : block.shape[1]] = convert(block)
             yield tile
 
 
@@ -126,26 +169,123 @@ def write_geojson(
     k = next((k for k, a in enumerate(levels) if max(a.shape) <= GEOJSON_MAX_SIZE), len(levels) - 1)
     mask = np.asarray(levels[k][...]) >= threshold
     name = class_name or _explained_class(store)
+    features = polygon_features(
+        mask,
+        scale=store.scale(k),
+        name=name,
+        color=color,
+        properties={"name": f"{method} >= {threshold:g}", "method": method, "threshold": threshold},
+    )
+    return _write_features(features, path)
+
+
+def polygon_features(
+    mask: np.ndarray,
+    *,
+    scale: float = 1.0,
+    offset: tuple[float, float] = (0.0, 0.0),
+    name: str = "Positive",
+    color: tuple[int, int, int] = (230, 60, 60),
+    properties: dict | None = None,
+) -> list[dict]:
+    """GeoJSON annotation features (QuPath's flavour) of a boolean mask.
+
+    Mask pixel ``(r, c)`` covers level-0 pixels ``offset + [r, r + 1) * scale``;
+    ``offset`` is ``(y, x)``. ``name`` becomes ``properties.classification.name``.
+    """
     features = []
-    for poly in mask_polygons(mask, scale=store.scale(k)):
-        rings = [np.round(ring, 2).tolist() for ring in poly]
+    oy, ox = offset
+    for poly in mask_polygons(mask, scale=scale):
+        rings = [np.round(ring + np.array([ox, oy]), 2).tolist() for ring in poly]
         features.append(
             {
                 "type": "Feature",
                 "geometry": {"type": "Polygon", "coordinates": rings},
                 "properties": {
                     "objectType": "annotation",
-                    "name": f"{method} >= {threshold:g}",
+                    "name": name,
                     "classification": {"name": name, "color": list(color)},
-                    "method": method,
-                    "threshold": threshold,
+                    **(properties or {}),
                 },
             }
         )
-    collection = {"type": "FeatureCollection", "features": features}
+    return features
+
+
+def _write_features(features: list[dict], path: str | Path) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(collection))
+        tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return path
+
+
+def write_labels_geojson(
+    labels: np.ndarray,
+    path: str | Path,
+    *,
+    scale: float = 1.0,
+    offset: tuple[float, float] = (0.0, 0.0),
+    names: dict[int, str] | None = None,
+) -> Path:
+    """Polygons of every non-zero label value of an integer image, one class per value."""
+    labels = np.asarray(labels)
+    palette = [(230, 60, 60), (60, 120, 230), (60, 180, 90), (200, 160, 40), (150, 70, 200)]
+    features = []
+    for i, value in enumerate(v for v in np.unique(labels) if v != 0):
+        name = (names or {}).get(int(value), f"label {int(value)}")
+        features += polygon_features(
+            labels == value,
+            scale=scale,
+            offset=offset,
+            name=name,
+            color=palette[i % len(palette)],
+            properties={"label": int(value)},
+        )
+    return _write_features(features, path)
+
+
+def write_labels_tiff(
+    labels: np.ndarray | list,
+    path: str | Path,
+    *,
+    pixel_size: float | None = None,
+    pyramid: bool = True,
+) -> Path:
+    """An integer label image as a tiled (OME-)TIFF, with sub-resolution levels.
+
+    ``labels`` is one array or a list of levels, finest first. Given one array and
+    ``pyramid``, coarser levels are every second pixel (labels must not be averaged)
+    down to 512 px. ``pixel_size`` (µm) is recorded as the OME physical size.
+    """
+    if isinstance(labels, list | tuple):
+        levels = [np.asarray(level) for level in labels]
+    else:
+        levels = [np.asarray(labels)]
+        while pyramid and max(levels[-1].shape) > 512:
+            levels.append(levels[-1][::2, ::2])
+    base = levels[0]
+    if base.ndim != 2 or base.dtype.kind not in "iub":
+        raise InputError(
+            f"{path}: labels must be a 2-D integer image, got {base.dtype} {base.shape}"
+        )
+    dtype = np.uint8 if base.max(initial=0) < 256 and base.min(initial=0) >= 0 else np.int32
+    metadata = {"axes": "YX"}
+    if pixel_size:
+        metadata.update(
+            PhysicalSizeX=pixel_size,
+            PhysicalSizeY=pixel_size,
+            PhysicalSizeXUnit="µm",
+            PhysicalSizeYUnit="µm",
+        )
+    path = Path(path)
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
+        for k, level in enumerate(levels):
+            options = dict(tile=(_TILE, _TILE), compression="zlib", photometric="minisblack")
+            data = level.astype(dtype)
+            if k == 0:
+                tif.write(data, subifds=len(levels) - 1, metadata=metadata, **options)
+            else:
+                tif.write(data, subfiletype=1, metadata=None, **options)
     return path
 
 

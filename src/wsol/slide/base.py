@@ -58,6 +58,12 @@ class Slide(abc.ABC):
         """Microns per pixel at level 0, when the file records it."""
         return self._mpp
 
+    def assume_mpp(self, mpp: float) -> None:
+        """Use ``mpp`` where the file does not record its pixel size (e.g. a PNG whose
+        scale the user knows); a recorded one is never overridden."""
+        if self._mpp is None and mpp and mpp > 0:
+            self._mpp = float(mpp)
+
     @property
     def vendor(self) -> str:
         """Scanner vendor or file kind (``aperio``, ``ome-tiff``, ``png``, ...)."""

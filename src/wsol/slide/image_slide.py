@@ -48,14 +48,16 @@ class ImageSlide(Slide):
         self._props = info
 
     @classmethod
-    def from_array(cls, pixels: np.ndarray, path: str | Path = "<array>") -> ImageSlide:
+    def from_array(
+        cls, pixels: np.ndarray, path: str | Path = "<array>", mpp: float | None = None
+    ) -> ImageSlide:
         """Wrap an in-memory image (e.g. a napari layer's data) as a slide."""
         self = cls.__new__(cls)
         Slide.__init__(self, Path(path))
         self._pixels = to_rgb8(np.asarray(pixels))
         h, w = self._pixels.shape[:2]
         self._levels = [Level((h, w), 1.0, (min(h, 512), min(w, 512)))]
-        self._vendor, self._mpp = "array", None
+        self._vendor, self._mpp = "array", mpp
         self._props = {}
         return self
 

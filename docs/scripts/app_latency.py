@@ -1,0 +1,145 @@
+"""Latency of the napari app: threshold drag, and event-loop stalls during jobs.
+
+Run under an X server (``xvfb-run -a``) from the repository root::
+
+    xvfb-run -a .venv/bin/python docs/scripts/app_latency.py --json docs/app_latency.json
+
+The viewer shows the sample slide (CMU-1-Small-Region.svs) at 1600 x 1000 with the
+sample model; maps are computed for the whole view. Measured:
+
+- threshold: time from setting the slider to the end of the repaint, split into the
+  widget's work (mask of the view + area) and napari's redraw; plus the redraw of an
+  unchanged frame as the renderer's floor;
+- stalls: a 5 ms QTimer on the GUI thread records the gaps between its ticks while a
+  job runs in the background (inference of the whole slide, one fine-tuning round,
+  pseudo-labels); the longest gap is the longest time the viewer was unresponsive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    os.environ.setdefault("WSOL_SESSIONS", tempfile.mkdtemp(prefix="wsol-latency-"))
+
+    import napari
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(show=True)
+    (image,) = viewer.open_sample("napari-wsol", "cmu_small_region")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-wsol", "WSOL")
+    viewer.window.resize(1600, 1000)
+    QApplication.processEvents()
+    viewer.reset_view()
+    QApplication.processEvents()
+
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(tick)
+
+    def job(start) -> dict:
+        gaps.clear()
+        last[0] = time.perf_counter()
+        timer.start()
+        t0 = time.perf_counter()
+        start()
+        while widget.worker is not None:
+            QApplication.processEvents()
+            time.sleep(0.001)
+        seconds = time.perf_counter() - t0
+        timer.stop()
+        ms = np.array(gaps) * 1000
+        return {
+            "seconds": round(seconds, 2),
+            "max_stall_ms": round(float(ms.max()), 1),
+            "p99_ms": round(float(np.percentile(ms, 99)), 1),
+            "ticks": len(ms),
+        }
+
+    report: dict = {"window": [1600, 1000], "jobs": {}}
+    runs = []
+    for r in range(args.repeats):
+        # The store is reused when nothing changed; a fresh run each time.
+        widget.session.state.current = 0
+        import shutil
+
+        shutil.rmtree(widget.session.store_path(), ignore_errors=True)
+        runs.append(job(widget.run))
+        print("maps", runs[-1], widget.status.value, flush=True)
+    report["jobs"]["maps (whole view)"] = runs
+    report["tiles"] = widget.status.value
+
+    widget.thr_method.value = "fcam"
+    for layer in viewer.layers:
+        layer.visible = layer.name in (image.name, "fcam", "fcam mask")
+    widget.threshold.value = 0.4
+    QApplication.processEvents()
+    work, redraw, floor = [], [], []
+    for t in np.tile(np.linspace(0.2, 0.8, 13), 3):
+        t0 = time.perf_counter()
+        widget.threshold.value = float(round(t, 3))
+        t1 = time.perf_counter()
+        QApplication.processEvents()
+        t2 = time.perf_counter()
+        viewer.layers["fcam"].refresh()  # same pixels: the renderer's own cost
+        t3 = time.perf_counter()
+        QApplication.processEvents()
+        t4 = time.perf_counter()
+        work.append((t1 - t0) * 1000)
+        redraw.append((t2 - t1) * 1000)
+        floor.append((t4 - t3) * 1000)
+    total = [a + b for a, b in zip(work, redraw, strict=True)]
+    report["threshold_ms"] = {
+        "widget_median": round(statistics.median(work), 1),
+        "widget_max": round(max(work), 1),
+        "redraw_median": round(statistics.median(redraw), 1),
+        "total_median": round(statistics.median(total), 1),
+        "total_max": round(max(total), 1),
+        "unchanged_frame_redraw_median": round(statistics.median(floor), 1),
+        "drags": len(work),
+    }
+    print("threshold", report["threshold_ms"], flush=True)
+
+    for layer in viewer.layers:
+        layer.visible = True
+    pseudo = job(widget.make_pseudo_labels)
+    report["jobs"]["pseudo-labels"] = [pseudo]
+    print("pseudo", pseudo, widget.status.value, flush=True)
+    tunes = []
+    for _ in range(args.repeats):
+        tunes.append(job(widget.fine_tune))  # the round, then the overlays recomputed
+        print("fine-tune", tunes[-1], widget.train_info.value, flush=True)
+    report["jobs"]["fine-tune heads (15 steps) + overlay refresh"] = tunes
+    stalls = [r["max_stall_ms"] for runs_ in report["jobs"].values() for r in runs_]
+    report["max_stall_ms"] = max(stalls)
+    report["device"] = "CPU (2 cores), Xvfb + Mesa llvmpipe"
+    print(json.dumps(report, indent=1))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=1)
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Background jobs: an engine call with a progress callback, as a napari generator worker.
+
+The engine reports progress through callbacks and stops when ``should_stop()`` turns
+true. :func:`stream` runs such a call on a helper thread and yields each progress
+report to the worker, whose ``yielded`` signal delivers it on the GUI thread. Cancel
+sets an event the engine polls between steps, so a cancelled run still returns
+normally (with its partial results saved) instead of being torn down mid-write.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Generator
+from typing import Any
+
+_DONE, _FAILED, _PROGRESS = "done", "failed", "progress"
+
+
+def stream(
+    call: Callable[..., Any], stop: threading.Event, *args: Any, **kwargs: Any
+) -> Generator[Any, None, Any]:
+    """Run ``call(*args, progress=..., should_stop=stop.is_set, **kwargs)``.
+
+    Yields every progress report as a tuple of the callback's arguments; returns the
+    call's result or re-raises its exception.
+    """
+    reports: queue.SimpleQueue = queue.SimpleQueue()
+
+    def progress(*report: Any) -> None:
+        reports.put((_PROGRESS, report))
+
+    def target() -> None:
+        try:
+            result = call(*args, progress=progress, should_stop=stop.is_set, **kwargs)
+        except BaseException as exc:
+            reports.put((_FAILED, exc))
+        else:
+            reports.put((_DONE, result))
+
+    threading.Thread(target=target, name="wsol-job", daemon=True).start()
+    while True:
+        kind, payload = reports.get()
+        if kind == _PROGRESS:
+            yield payload
+        elif kind == _FAILED:
+            raise payload
+        else:
+            return payload

@@ -1,0 +1,92 @@
+"""Where the app's layers go and how they look: placement on the slide, colours, levels.
+
+Every layer the widget adds sits on its source image layer's world grid. A slide layer
+has scale = µm per level-0 pixel; a map stored at ``s`` level-0 px per map pixel gets
+scale ``s * px`` and a half-pixel shift, because napari places pixel *centres* at
+``index * scale + translate`` and map pixel 0 covers level-0 pixels ``[0, s)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from napari.utils.colormaps import DirectLabelColormap
+
+from napari_wsol.views import MapLevel
+
+#: Overlay colormaps: CAM family warm, the trained heads cool, so they are told apart.
+COLORMAPS = {"fcam": "viridis", "pixelcam": "cividis"}
+DEFAULT_COLORMAP = "inferno"
+
+PSEUDO_COLORS = {0: (0, 0, 0, 0), 1: (0.25, 0.45, 1.0, 1.0), 2: (1.0, 0.85, 0.1, 1.0)}
+CORRECTION_COLORS = {0: (0, 0, 0, 0), 1: (0.0, 1.0, 1.0, 1.0), 2: (1.0, 0.0, 1.0, 1.0)}
+MASK_COLORS = {0: (0, 0, 0, 0), 1: (0.1, 1.0, 0.3, 1.0)}
+LABEL_NAMES = {1: "background", 2: "foreground"}
+
+
+def label_colormap(colors: dict[int, tuple]) -> DirectLabelColormap:
+    return DirectLabelColormap(color_dict={None: (0, 0, 0, 0), **colors})
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How level-0 pixels of the source image map to world coordinates."""
+
+    px: float  # world units per level-0 pixel
+    origin: tuple[float, float]  # world position of level-0 pixel (0, 0)'s centre
+    units: tuple
+    slide_mpp: float | None
+
+    @classmethod
+    def of(cls, layer, multiscale_factor: float = 1.0) -> Placement:
+        scale = np.asarray(layer.scale[-2:], dtype=float)
+        translate = np.asarray(layer.translate[-2:], dtype=float)
+        mpp = layer.metadata.get("mpp")
+        return cls(
+            float(scale[-1]),
+            (float(translate[0]), float(translate[1])),
+            tuple(layer.units[-2:]),
+            mpp,
+        )
+
+    def grid(self, step: float, y0: float = 0.0, x0: float = 0.0) -> dict:
+        """scale/translate of an array whose pixel (0, 0) covers level-0 ``[y0, y0+step)``."""
+        shift = (step - 1) / 2
+        return {
+            "scale": (step * self.px, step * self.px),
+            "translate": (
+                self.origin[0] + (y0 + shift) * self.px,
+                self.origin[1] + (x0 + shift) * self.px,
+            ),
+            "units": self.units,
+        }
+
+    def to_level0(self, world_y: float, world_x: float) -> tuple[float, float]:
+        """Level-0 pixel coordinates (edges, not centres) of a world point."""
+        return (
+            (world_y - self.origin[0]) / self.px + 0.5,
+            (world_x - self.origin[1]) / self.px + 0.5,
+        )
+
+
+def map_levels(store, method: str) -> list[MapLevel]:
+    return [MapLevel(array) for array in store.levels(method)]
+
+
+def load_levels(store) -> dict[str, list[MapLevel]]:
+    """Every map of a finished store, small levels read into memory now.
+
+    Called on the worker thread so that the GUI thread never decompresses a whole level.
+    """
+    levels = {m: map_levels(store, m) for m in store.methods}
+    for method_levels in levels.values():
+        for level in method_levels:
+            level.frozen = True
+            level.values()
+    return levels
+
+
+def layer_data(levels: list) -> tuple[object, bool]:
+    """napari data and multiscale flag for a list of levels."""
+    return (levels, True) if len(levels) > 1 else (levels[0], False)

@@ -1,0 +1,100 @@
+"""Lazy array views that napari layers display: thresholds and differences of stored maps.
+
+napari slices a layer's arrays for the visible part of the visible level only. These
+wrappers compute a threshold or a difference on exactly that slice, so dragging a
+threshold costs the pixels on screen, not the slide. Levels small enough to keep are
+cached in memory after the first read (a slider drag re-reads the same pixels many
+times); :meth:`MapLevel.invalidate` drops the cache when the map is rewritten.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Levels up to this many pixels are kept in memory once read (float16: 32 MB).
+CACHE_PIXELS = 4096 * 4096
+
+
+class _LazyArray:
+    """The array protocol napari needs: shape, dtype, ndim, size, slicing, ``__array__``."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __getitem__(self, key) -> np.ndarray:
+        raise NotImplementedError
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+
+class MapLevel(_LazyArray):
+    """One level of a stored map (a zarr array) as a float32 array-like for napari.
+
+    A read that fails (a chunk being written by the inference thread) gives zeros for
+    this draw instead of an error in the viewer; the next refresh reads it again.
+    """
+
+    def __init__(self, array) -> None:
+        self.array = array
+        self.shape = tuple(array.shape)
+        self.dtype = np.dtype(np.float32)
+        self._cache: np.ndarray | None = None
+        self.frozen = False  # True once the map is complete: cache whole levels
+
+    def invalidate(self) -> None:
+        self._cache = None
+
+    def values(self) -> np.ndarray:
+        """The whole level (cached when small and complete)."""
+        return self[...]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if self._cache is not None:
+            return self._cache[key]
+        if self.frozen and self.size <= CACHE_PIXELS:
+            try:
+                self._cache = np.asarray(self.array[...], dtype=np.float32)
+            except Exception:
+                return np.zeros_like(np.empty(self.shape, np.float32)[key])
+            return self._cache[key]
+        try:
+            return np.asarray(self.array[key], dtype=np.float32)
+        except Exception:
+            return np.zeros_like(np.empty(self.shape, np.float32)[key])
+
+
+class ThresholdView(_LazyArray):
+    """``level >= threshold`` as uint8 labels (1 = positive); the threshold is mutable."""
+
+    def __init__(self, level: MapLevel, threshold: float = 0.5) -> None:
+        self.level = level
+        self.threshold = float(threshold)
+        self.shape = level.shape
+        self.dtype = np.dtype(np.uint8)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return (self.level[key] >= self.threshold).astype(np.uint8)
+
+
+class DifferenceView(_LazyArray):
+    """``|a - b|`` of two map levels of the same shape."""
+
+    def __init__(self, a: MapLevel, b: MapLevel) -> None:
+        if a.shape != b.shape:
+            raise ValueError(f"maps of different shapes: {a.shape} and {b.shape}")
+        self.a, self.b = a, b
+        self.shape = a.shape
+        self.dtype = np.dtype(np.float32)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return np.abs(self.a[key] - self.b[key])

@@ -1,0 +1,231 @@
+"""A region of a slide at the model's working resolution: what the app edits and retrains on.
+
+Whole-slide maps live in a :class:`wsol.infer.MapStore`; pseudo-labels and corrections
+need a single-scale array the user can paint on. A :class:`Region` is a level-0 box plus
+the resolution the model sees it at (its training mpp), and the functions here read
+its pixels, derive pseudo-labels the way the training stages sample seeds, flip a
+connected region of labels, and fine-tune the heads on it.
+
+Label values follow napari's Labels convention and ``TrainData.from_dataset``:
+``0`` = none / ignore, ``1`` = background, ``2`` = foreground.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from wsol.cams import compute_many
+from wsol.errors import InputError
+from wsol.infer.grid import TileGrid
+from wsol.model import WSOLModel
+from wsol.pseudo import IGNORE, TRIMAP_BG, TRIMAP_FG, trimap
+from wsol.slide import Slide
+from wsol.train import TrainConfig, TrainData, TrainProgress, TrainResult, train
+
+NONE, BACKGROUND, FOREGROUND = 0, 1, 2
+
+#: Longest side (analysis pixels) of a region one can label and fine-tune on: a
+#: fine-tuning round encodes the whole region, and the app promises rounds of seconds.
+MAX_EDIT_SIZE = 1536
+
+
+@dataclass(frozen=True)
+class Region:
+    """A level-0 box ``(y, x, h, w)`` seen at ``downsample`` level-0 px per analysis px."""
+
+    y: int
+    x: int
+    h: int
+    w: int
+    downsample: float = 1.0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Size in analysis pixels (the model's working resolution)."""
+        return max(1, round(self.h / self.downsample)), max(1, round(self.w / self.downsample))
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return self.y, self.x, self.h, self.w
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Region:
+        return cls(**{k: data[k] for k in ("y", "x", "h", "w", "downsample")})
+
+    def key(self) -> str:
+        """A file-name-safe identity, e.g. for the corrections of this region."""
+        return f"y{self.y}_x{self.x}_h{self.h}_w{self.w}_d{self.downsample:g}"
+
+
+def analysis_downsample(slide: Slide, model: WSOLModel) -> float:
+    """Level-0 pixels per model pixel: the model's mpp over the slide's, else 1.
+
+    The same rule :func:`wsol.infer.infer_slide` applies by default.
+    """
+    if model.config.mpp and slide.mpp:
+        return float(model.config.mpp / slide.mpp)
+    return 1.0
+
+
+def clip_region(
+    slide: Slide,
+    y: float,
+    x: float,
+    h: float,
+    w: float,
+    downsample: float = 1.0,
+    multiple: int = 1,
+) -> Region:
+    """The part of a level-0 box inside the slide; :class:`InputError` when none is.
+
+    With ``multiple``, the box grows (inside the slide where it can) so that its size
+    at the analysis resolution is a multiple of it, e.g. the encoder's output stride.
+    """
+    H, W = slide.shape
+    y0, x0 = max(0, int(np.floor(y))), max(0, int(np.floor(x)))
+    y1, x1 = min(H, int(np.ceil(y + h))), min(W, int(np.ceil(x + w)))
+    if y1 - y0 < 1 or x1 - x0 < 1:
+        raise InputError(
+            f"{slide.path}: the region ({y:.0f}, {x:.0f}, {h:.0f} x {w:.0f}) lies outside the slide"
+        )
+    starts, sizes = [], []
+    for start, end, limit in ((y0, y1, H), (x0, x1, W)):
+        size = end - start
+        if multiple > 1:
+            cells = max(1, int(np.ceil(size / downsample / multiple)))
+            if cells * multiple * downsample > limit:
+                cells = max(1, int(limit / downsample // multiple))
+            size = min(limit, round(cells * multiple * downsample))
+            start = min(start, limit - size)
+        starts.append(start)
+        sizes.append(size)
+    return Region(starts[0], starts[1], sizes[0], sizes[1], float(downsample))
+
+
+def read_region_rgb(slide: Slide, region: Region) -> np.ndarray:
+    """The region's pixels at its analysis resolution, uint8 ``[h, w, 3]``.
+
+    Read from the coarsest level not coarser than needed, then resized (area-averaged).
+    """
+    level = slide.best_level(region.downsample)
+    ds = slide.levels[level].downsample
+    ly, lx = int(region.y / ds), int(region.x / ds)
+    lh, lw = max(1, round(region.h / ds)), max(1, round(region.w / ds))
+    pixels = slide.read_region(level, ly, lx, lh, lw)
+    shape = region.shape
+    if pixels.shape[:2] == shape:
+        return pixels
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=shape, mode="bilinear", antialias=True, align_corners=False)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def tiles_in_box(grid: TileGrid, y: int, x: int, h: int, w: int) -> np.ndarray:
+    """Row-major indices of the grid's tiles whose level-0 box meets ``(y, x, h, w)``."""
+    boxes = grid.level0_boxes()  # [N, 4]: y, x, h, w
+    hit = (
+        (boxes[:, 0] < y + h)
+        & (boxes[:, 0] + boxes[:, 2] > y)
+        & (boxes[:, 1] < x + w)
+        & (boxes[:, 1] + boxes[:, 3] > x)
+    )
+    return np.flatnonzero(hit)
+
+
+def check_editable(region: Region) -> Region:
+    """``region`` if it is small enough to label and fine-tune on, else InputError."""
+    if max(region.shape) > MAX_EDIT_SIZE:
+        h, w = region.shape
+        raise InputError(
+            f"the region is {w} x {h} px at the model's resolution; label and fine-tune "
+            f"on at most {MAX_EDIT_SIZE} x {MAX_EDIT_SIZE} (zoom in or draw a smaller region)"
+        )
+    return region
+
+
+def _as_batch(model: WSOLModel, rgb: np.ndarray) -> torch.Tensor:
+    image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+    return model.normalize(image.to(model.device))
+
+
+def seed_map(model: WSOLModel, rgb: np.ndarray, method: str, target: int) -> torch.Tensor:
+    """``[H, W]`` map the seeds are drawn from: ``method`` on the whole region at once.
+
+    The ``heads`` training stage computes its seed maps exactly this way, so the
+    pseudo-labels the user sees are the ones the fine-tuning samples from.
+    """
+    model.eval()
+    result = compute_many(model, _as_batch(model, rgb), [method], [target])
+    return result.maps[method][0].detach().float().cpu()
+
+
+def pseudo_labels(map_: torch.Tensor, bg_fraction: float = 0.5, erode: int = 0) -> np.ndarray:
+    """uint8 ``[H, W]`` in napari values: 2 = Otsu foreground, 1 = lowest
+    ``bg_fraction`` of the map, 0 = ignored (where no seed is ever drawn)."""
+    tri = trimap(map_[None], bg_fraction=bg_fraction, erode=erode)[0].numpy()
+    out = np.zeros(tri.shape, np.uint8)
+    out[tri == TRIMAP_BG] = BACKGROUND
+    out[tri == TRIMAP_FG] = FOREGROUND
+    return out
+
+
+def effective_labels(pseudo: np.ndarray, corrections: np.ndarray) -> np.ndarray:
+    """Pseudo-labels with the user's corrections on top (corrections win)."""
+    return np.where(corrections != NONE, corrections, pseudo).astype(np.uint8)
+
+
+def flip_component(labels: np.ndarray, row: int, col: int) -> tuple[np.ndarray, int] | None:
+    """The 4-connected region of ``labels`` containing ``(row, col)`` and its flipped value.
+
+    Returns ``(indices, value)`` (``np.nonzero``-style indices, the opposite of
+    foreground/background), or None where the pixel is outside or unlabelled.
+    """
+    if not (0 <= row < labels.shape[0] and 0 <= col < labels.shape[1]):
+        return None
+    value = int(labels[row, col])
+    if value not in (BACKGROUND, FOREGROUND):
+        return None
+    components, _ = ndimage.label(labels == value)
+    indices = np.nonzero(components == components[row, col])
+    return indices, FOREGROUND if value == BACKGROUND else BACKGROUND
+
+
+def fine_tune(
+    model: WSOLModel,
+    rgb: np.ndarray,
+    target: int,
+    corrections: np.ndarray | None,
+    config: TrainConfig,
+    *,
+    progress: Callable[[TrainProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """One round of the ``heads`` stage on one region, in place on ``model``.
+
+    ``corrections`` are napari values (0 none, 1 bg, 2 fg) on the region's grid;
+    ``config`` carries the seeder (``cam_method``, ``bg_fraction``, ``erode``,
+    ``seeds_per_class``) and the heads, steps and learning rate.
+    """
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise InputError(f"region pixels must be [H, W, 3], got {rgb.shape}")
+    check_editable(Region(0, 0, *rgb.shape[:2]))
+    image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+    painted = None
+    if corrections is not None:
+        if corrections.shape != rgb.shape[:2]:
+            raise InputError(
+                f"corrections {corrections.shape} do not match the region {rgb.shape[:2]}"
+            )
+        painted = torch.from_numpy(corrections.astype(np.int64))[None] - 1
+        painted[painted < 0] = IGNORE
+    data = TrainData(image, torch.tensor([int(target)]), painted)
+    return train(model, data, "heads", config, progress=progress, should_stop=should_stop)

@@ -1,0 +1,177 @@
+"""An interactive session as a folder: what the app needs to come back exactly where it was.
+
+::
+
+    session.json                 slide, model versions, methods, thresholds, seeder, region
+    models/v001.safetensors      one checkpoint per fine-tuning round (v000 = the start model)
+    maps/<version>.zarr          the last run's heatmaps (a :class:`wsol.infer.MapStore`)
+    labels/<region>.pseudo.png   automatic pseudo-labels of the edited region
+    labels/<region>.corrections.png   the user's corrections (0 none, 1 bg, 2 fg)
+
+Every file is written atomically, and corrections are written as they are made, so a
+crash or a kill loses nothing. Paths inside the folder are stored relative to it, so a
+session folder can be moved or copied as a whole.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from wsol.atomic import atomic_path
+from wsol.errors import InputError
+from wsol.region import Region
+
+SESSION_FILE = "session.json"
+FORMAT = 1
+
+
+@dataclass
+class SessionState:
+    """Everything about a session except the arrays (those are files beside it)."""
+
+    slide: str | None = None
+    slide_mpp: float | None = None  # µm/px the image layer had (a PNG's scale is not in it)
+    base_model: str | None = None  # checkpoint the session started from (None: untrained)
+    versions: list[str] = field(default_factory=list)  # models/vNNN.safetensors, in order
+    current: int = 0  # 0 = base_model, k = versions[k - 1]
+    methods: list[str] = field(default_factory=lambda: ["cam", "gradcampp", "fcam", "pixelcam"])
+    scope: str = "view"
+    target: str | None = None  # class name the maps explain
+    store: str | None = None  # relative path of the last run's map store
+    run_region: dict | None = None  # level-0 box of the last run
+    thresholds: dict[str, float] = field(default_factory=dict)
+    disagreement: list[str] | None = None
+    edit_region: dict | None = None  # the Region pseudo-labels/corrections are on
+    seeder: dict = field(
+        default_factory=lambda: {
+            "method": "gradcampp",
+            "bg_fraction": 0.5,
+            "erode": 0,
+            "seeds_per_class": 64,
+        }
+    )
+    fine_tune: dict = field(default_factory=lambda: {"heads": ["fcam"], "steps": 15, "lr": 3e-4})
+
+
+class Session:
+    """A session folder and its state; see the module docstring for the layout."""
+
+    def __init__(self, folder: str | Path, state: SessionState | None = None) -> None:
+        self.folder = Path(folder)
+        self.state = state or SessionState()
+
+    # --- folder ------------------------------------------------------------------------
+    @classmethod
+    def load(cls, folder: str | Path) -> Session:
+        """Read ``folder/session.json``; :class:`InputError` naming the problem."""
+        folder = Path(folder)
+        path = folder / SESSION_FILE
+        if not path.is_file():
+            raise InputError(f"{folder}: not a napari-wsol session (no {SESSION_FILE})")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: unreadable session file ({exc})") from exc
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise InputError(f"{path}: not a session file of format {FORMAT}")
+        known = {f.name for f in fields(SessionState)}
+        try:
+            state = SessionState(**{k: v for k, v in data["state"].items() if k in known})
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"{path}: malformed session state ({exc})") from exc
+        return cls(folder, state)
+
+    def save(self) -> Path:
+        path = self.folder / SESSION_FILE
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"format": FORMAT, "state": asdict(self.state)}, indent=1))
+        return path
+
+    def copy_to(self, folder: str | Path) -> Session:
+        """This session's files in ``folder`` (created or merged); the copy is returned."""
+        folder = Path(folder)
+        if folder.resolve() != self.folder.resolve():
+            if self.folder.is_dir():
+                shutil.copytree(self.folder, folder, dirs_exist_ok=True)
+        copy = Session(folder, SessionState(**asdict(self.state)))
+        copy.save()
+        return copy
+
+    def path(self, relative: str | None) -> Path | None:
+        return None if relative is None else self.folder / relative
+
+    # --- model versions ----------------------------------------------------------------
+    def model_path(self, index: int | None = None) -> Path | None:
+        """Checkpoint of version ``index`` (default: the current one); None = untrained."""
+        index = self.state.current if index is None else index
+        if index == 0:
+            return None if self.state.base_model is None else Path(self.state.base_model)
+        return self.folder / self.state.versions[index - 1]
+
+    def add_version(self, model) -> Path:
+        """Save ``model`` as the next version and make it current."""
+        relative = f"models/v{len(self.state.versions) + 1:03d}.safetensors"
+        model.save(self.folder / relative)
+        self.state.versions.append(relative)
+        self.state.current = len(self.state.versions)
+        self.save()
+        return self.folder / relative
+
+    def version_names(self) -> list[str]:
+        base = Path(self.state.base_model).name if self.state.base_model else "untrained"
+        return [f"v000 (start: {base})"] + [
+            f"{Path(v).stem} (fine-tuned)" for v in self.state.versions
+        ]
+
+    def store_path(self) -> Path:
+        return self.folder / "maps" / f"v{self.state.current:03d}.zarr"
+
+    # --- labels ------------------------------------------------------------------------
+    def labels_path(self, region: Region, kind: str) -> Path:
+        return self.folder / "labels" / f"{region.key()}.{kind}.png"
+
+    def save_labels(self, region: Region, kind: str, labels: np.ndarray) -> Path:
+        """Write a uint8 label image (``kind``: "pseudo" or "corrections") atomically."""
+        if labels.shape != region.shape:
+            raise InputError(f"{kind} labels {labels.shape} do not fit the region {region.shape}")
+        path = self.labels_path(region, kind)
+        with atomic_path(path) as tmp:
+            Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8)).save(
+                tmp, format="PNG", compress_level=1
+            )
+        return path
+
+    def load_labels(self, region: Region, kind: str) -> np.ndarray | None:
+        path = self.labels_path(region, kind)
+        if not path.is_file():
+            return None
+        try:
+            with Image.open(path) as img:
+                labels = np.asarray(img)
+        except OSError as exc:
+            raise InputError(f"{path}: unreadable {kind} labels ({exc})") from exc
+        if labels.shape != region.shape or labels.max(initial=0) > 2:
+            raise InputError(
+                f"{path}: {kind} labels of shape {labels.shape} with values "
+                f"up to {labels.max(initial=0)}; expected {region.shape}, 0..2"
+            )
+        return labels.astype(np.uint8)
+
+
+def default_session_folder(stem: str = "session") -> Path:
+    """A new folder name under ``$WSOL_SESSIONS`` (default ``~/.napari-wsol/sessions``).
+
+    The app works in such a folder from the start, so corrections are on disk before
+    the user ever thinks of saving; "Save session as" copies it elsewhere.
+    """
+    import os
+    import time
+
+    root = Path(os.environ.get("WSOL_SESSIONS") or Path.home() / ".napari-wsol" / "sessions")
+    return root / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
