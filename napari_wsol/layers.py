@@ -18,11 +18,23 @@ from napari_wsol.views import MapLevel
 #: Overlay colormaps: CAM family warm, the trained heads cool, so they are told apart.
 COLORMAPS = {"fcam": "viridis", "pixelcam": "cividis"}
 DEFAULT_COLORMAP = "inferno"
+FADE = 0.4  # map values below this are partly transparent in overlays
 
 PSEUDO_COLORS = {0: (0, 0, 0, 0), 1: (0.25, 0.45, 1.0, 1.0), 2: (1.0, 0.85, 0.1, 1.0)}
 CORRECTION_COLORS = {0: (0, 0, 0, 0), 1: (0.0, 1.0, 1.0, 1.0), 2: (1.0, 0.0, 1.0, 1.0)}
 MASK_COLORS = {0: (0, 0, 0, 0), 1: (0.1, 1.0, 0.3, 1.0)}
 LABEL_NAMES = {1: "background", 2: "foreground"}
+
+
+def overlay_colormap(name: str):
+    """``name`` with an alpha ramp: low values fade out, so the tissue stays visible
+    under a heatmap (a plain colormap tints the whole slide with its zero colour)."""
+    from napari.utils.colormaps import Colormap, ensure_colormap
+
+    x = np.linspace(0.0, 1.0, 65)
+    rgba = np.asarray(ensure_colormap(name).map(x), dtype=np.float32)
+    rgba[:, 3] = np.clip(x / FADE, 0.0, 1.0)
+    return Colormap(colors=rgba, controls=x, name=f"{name} (fading)")
 
 
 def label_colormap(colors: dict[int, tuple]) -> DirectLabelColormap:

@@ -127,6 +127,7 @@ class WSOLWidget(QWidget):
         self.methods = Select(
             label="methods", choices=list(METHODS), value=["cam", "gradcampp", "fcam", "pixelcam"]
         )
+        self.methods.native.setMaximumHeight(120)
         self.target = ComboBox(label="explain class", choices=[])
         self.scope = RadioButtons(label="scope", choices=SCOPES, value=SCOPES[0])
         self.draw_button = PushButton(text="Draw a region")
@@ -405,11 +406,17 @@ class WSOLWidget(QWidget):
             return
         self._stop.clear()
         self._pbar = progress(total=total, desc=desc)
-        worker = create_worker(job, _start_thread=False)
-        worker.yielded.connect(on_yield)
-        worker.returned.connect(on_return)
-        worker.errored.connect(self._failed)
-        worker.finished.connect(self._finished)
+        # Passing "errored" here replaces napari's default handler, which re-raises.
+        worker = create_worker(
+            job,
+            _start_thread=False,
+            _connect={
+                "yielded": on_yield,
+                "returned": on_return,
+                "errored": self._failed,
+                "finished": self._finished,
+            },
+        )
         self.worker = worker
         self._busy(True)
         self.status.value = f"{desc}…"
@@ -452,11 +459,12 @@ class WSOLWidget(QWidget):
     def view_box(self, layer) -> tuple[float, float, float, float]:
         """Level-0 box ``(y, x, h, w)`` of the part of ``layer`` on screen."""
         place = self._placement(layer)
-        cy, cx = self.viewer.camera.center[-2:]
+        camera = self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera
+        cy, cx = camera.center[-2:]
         h, w = self.viewer.canvas.size
         if min(h, w) < 32:
             raise InputError("the canvas is too small to define a view; enlarge the window")
-        zoom = self.viewer.camera.zoom
+        zoom = camera.zoom
         y0, x0 = place.to_level0(cy - h / zoom / 2, cx - w / zoom / 2)
         y1, x1 = place.to_level0(cy + h / zoom / 2, cx + w / zoom / 2)
         return y0, x0, y1 - y0, x1 - x0
@@ -638,8 +646,8 @@ class WSOLWidget(QWidget):
             data,
             multiscale=multiscale,
             name=method,
-            colormap=L.COLORMAPS.get(method, L.DEFAULT_COLORMAP),
-            opacity=0.5,
+            colormap=L.overlay_colormap(L.COLORMAPS.get(method, L.DEFAULT_COLORMAP)),
+            opacity=0.7,
             blending="translucent",
             contrast_limits=(0.0, 1.0),
             metadata={"wsol_method": method, "slide_mpp": place.slide_mpp},
@@ -683,8 +691,8 @@ class WSOLWidget(QWidget):
                 data,
                 multiscale=multiscale,
                 name=name,
-                colormap="magma",
-                opacity=0.7,
+                colormap=L.overlay_colormap("magma"),
+                opacity=0.8,
                 contrast_limits=(0.0, 1.0),
                 metadata={"wsol_method": name, "slide_mpp": place.slide_mpp},
                 **place.grid(self.store.scale(0)),
@@ -1031,6 +1039,7 @@ class WSOLWidget(QWidget):
         edit = self._edit
         slide = self._slide(self._source())
         target_name = self.target.value
+        session = self.session
 
         def job():
             from wsol.region import fine_tune, read_region_rgb
@@ -1043,7 +1052,10 @@ class WSOLWidget(QWidget):
             result = yield from stream(
                 fine_tune, self._stop, model, rgb, target, corrections, config
             )
-            return model, result
+            saved = None
+            if not result.cancelled:  # written here: a 12 MB save would stall the viewer
+                saved = model.save(session.next_version_path())
+            return model, result, saved
 
         self._start(
             job, "Fine-tuning heads", self._train_progress, self._train_done, total=config.steps
@@ -1056,11 +1068,11 @@ class WSOLWidget(QWidget):
         self.train_info.value = f"step {p.step}/{p.steps}: {terms}"
 
     def _train_done(self, payload) -> None:
-        model, result = payload
+        model, result, saved = payload
         if result.cancelled:
             self.status.value = "Fine-tuning cancelled; the model version is unchanged."
             return
-        path = self.session.add_version(model)
+        path = self.session.add_version(path=saved)
         self._model, self._model_source = model, path
         self._refresh_versions()
         self.status.value = (

@@ -446,3 +446,17 @@ def test_demo_opens_napari_and_computes_the_view(display, tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "overlays ready" in proc.stdout and "Done:" in proc.stdout, proc.stdout
     assert seconds < 120  # README promises 60 s on the 2-core machine; CI is slower
+
+
+def test_a_bad_checkpoint_is_reported_not_raised(viewer, qtbot, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    viewer.open_sample("napari-wsol", "chelsea")
+    widget = _dock(viewer)
+    widget.checkpoint.value = str(bad)
+    assert "cannot read the model" in widget.model_info.value
+    assert "bad.safetensors" in widget.model_info.value
+    widget.run()
+    _wait(qtbot, widget)
+    assert widget.status.value.startswith("Error:") and "bad.safetensors" in widget.status.value
+    assert [layer.name for layer in viewer.layers] == ["chelsea"]

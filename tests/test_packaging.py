@@ -85,7 +85,12 @@ def test_wheel_carries_the_manifest_and_samples(tmp_path: Path) -> None:
         zf.extractall(site)  # a pure-python wheel installs by unpacking
     assert "napari-wsol = napari_wsol:napari.yaml" in text
     assert "wsol = wsol.cli:main" in text
-    assert {"wsol/_sample_data/he_tile.png", "wsol/_sample_data/chelsea.png"} <= names
+    assert {
+        "wsol/_sample_data/he_tile.png",
+        "wsol/_sample_data/chelsea.png",
+        "wsol/_sample_data/CMU-1-Small-Region.svs",
+        "wsol/_sample_data/sample_model.safetensors",
+    } <= names
 
     # npe2 and the sample paths resolve inside the unpacked wheel, ahead of this checkout
     code = (
@@ -95,8 +100,9 @@ def test_wheel_carries_the_manifest_and_samples(tmp_path: Path) -> None:
         "import napari_wsol, wsol.samples\n"
         "print(metadata.distribution('napari-wsol')._path)\n"
         "print(napari_wsol.__file__)\n"
-        "print(wsol.samples.sample_path('he_tile'))\n"
-        "print(m.name, len(m.contributions.sample_data))\n"
+        "print(wsol.samples.sample_model_path())\n"
+        "c = m.contributions\n"
+        "print(m.name, len(c.sample_data), len(c.readers), len(c.writers), len(c.widgets))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(site))
     out = subprocess.run(
@@ -111,4 +117,4 @@ def test_wheel_carries_the_manifest_and_samples(tmp_path: Path) -> None:
     dist_path, package, sample, summary = out.stdout.strip().splitlines()[-4:]
     for path in (dist_path, package, sample):
         assert path.startswith(str(site)), path
-    assert summary == "napari-wsol 2"
+    assert summary == "napari-wsol 3 1 1 1"

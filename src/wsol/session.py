@@ -114,14 +114,20 @@ class Session:
             return None if self.state.base_model is None else Path(self.state.base_model)
         return self.folder / self.state.versions[index - 1]
 
-    def add_version(self, model) -> Path:
-        """Save ``model`` as the next version and make it current."""
-        relative = f"models/v{len(self.state.versions) + 1:03d}.safetensors"
-        model.save(self.folder / relative)
-        self.state.versions.append(relative)
+    def next_version_path(self) -> Path:
+        """Where the next fine-tuned version goes (nothing is written)."""
+        return self.folder / f"models/v{len(self.state.versions) + 1:03d}.safetensors"
+
+    def add_version(self, model=None, path: Path | None = None) -> Path:
+        """Record the next version and make it current: ``model`` is saved to
+        :meth:`next_version_path`, or ``path`` names the file already saved there."""
+        path = Path(path) if path is not None else self.next_version_path()
+        if model is not None:
+            model.save(path)
+        self.state.versions.append(str(path.relative_to(self.folder)))
         self.state.current = len(self.state.versions)
         self.save()
-        return self.folder / relative
+        return path
 
     def version_names(self) -> list[str]:
         base = Path(self.state.base_model).name if self.state.base_model else "untrained"
