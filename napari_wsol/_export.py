@@ -1,0 +1,192 @@
+"""The Export tab: masks, GeoJSON, heatmaps and checkpoints; saving and opening sessions.
+
+A mixin of :class:`napari_wsol.widget.WSOLWidget`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtWidgets import QFileDialog
+
+from napari_wsol import layers as L
+from napari_wsol.reader import SLIDE_KEY
+from wsol.cams import METHODS
+from wsol.errors import InputError
+from wsol.infer import MapStore
+from wsol.region import Region
+from wsol.session import Session
+
+
+class ExportSessionMixin:
+    # ================================================================ export
+    def _ask_save_path(self, default: Path, filters: str) -> Path | None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export", str(default), filters)
+        return Path(path) if path else None
+
+    def _ask_folder(self, title: str) -> Path | None:
+        path = QFileDialog.getExistingDirectory(self, title, str(self.session.folder.parent))
+        return Path(path) if path else None
+
+    def _stem(self) -> str:
+        from wsol.slide import slide_stem
+
+        layer = self.image.value
+        path = layer.metadata.get(SLIDE_KEY) if layer is not None else None
+        return slide_stem(path) if path else (layer.name if layer is not None else "image")
+
+    def export(self, what: str, path: Path | None = None) -> Path | None:
+        """Export the mask / GeoJSON / heatmap of the threshold map, or the model."""
+        from wsol.infer.export import (
+            write_geojson,
+            write_heatmap_tiff,
+            write_mask_png,
+            write_mask_tiff,
+        )
+
+        method = self.thr_method.value
+        if what != "model" and (self.store is None or method is None):
+            self.status.value = "Compute maps first."
+            return None
+        stem, level = self._stem(), int(self.export_level.value)
+        t = self.session.state.thresholds.get(method, 0.5) if method else 0.5
+        defaults = {
+            "mask": (
+                f"{stem}_{method}_mask.ome.tif",
+                "OME-TIFF pyramid (*.ome.tif);;TIFF (*.tif *.tiff);;PNG (*.png)",
+            ),
+            "geojson": (f"{stem}_{method}.geojson", "GeoJSON (*.geojson)"),
+            "heatmap": (f"{stem}_{method}_heatmap.ome.tif", "OME-TIFF pyramid (*.ome.tif)"),
+            "model": (
+                f"{stem}_wsol_v{self.session.state.current:03d}.safetensors",
+                "Checkpoint (*.safetensors)",
+            ),
+        }
+        name, filters = defaults[what]
+        path = path or self._ask_save_path(self.session.folder.parent / name, filters)
+        if path is None:
+            return None
+        try:
+            if what == "mask":
+                if path.suffix.lower() == ".png":
+                    write_mask_png(self.store, method, path, t, level)
+                else:
+                    write_mask_tiff(self.store, method, path, t, level)
+            elif what == "geojson":
+                write_geojson(self.store, method, path, t, class_name=self.target.value)
+            elif what == "heatmap":
+                write_heatmap_tiff(self.store, method, path, level)
+            else:
+                from wsol.checkpoint import load_model
+
+                model = self._model or load_model(self._current_model_path())
+                model.save(path)
+        except (InputError, ValueError, OSError) as exc:
+            self.status.value = f"Error: {exc}"
+            return None
+        self.status.value = f"Wrote {path}"
+        return path
+
+    # ================================================================ session
+    def _autosave(self) -> None:
+        self._save_session()
+
+    def _save_session(self) -> None:
+        self.session.save()
+        self._update_session_info()
+
+    def _update_session_info(self) -> None:
+        self.session_info.value = f"Session folder (saved as you work):\n{self.session.folder}"
+
+    def _save_session_as(self) -> None:
+        folder = self._ask_folder("Save the session into a folder")
+        if folder is not None:
+            self.save_session(folder)
+
+    def save_session(self, folder: str | Path) -> Path:
+        """Copy the session to ``folder`` and keep working there."""
+        self._save_corrections()
+        self.session = self.session.copy_to(folder)
+        if self.store is not None and self.session.state.store:
+            self.store = None  # reopened from the copy below
+            path = self.session.path(self.session.state.store)
+            self._open_store(path, self._source(), L.load_levels(MapStore.open(path)))
+        self._update_session_info()
+        self.status.value = f"Session saved to {self.session.folder}"
+        return self.session.folder
+
+    def _open_session_dialog(self) -> None:
+        folder = self._ask_folder("Open a session folder")
+        if folder is not None:
+            self.restore_session(folder)
+
+    def restore_session(self, folder: str | Path) -> None:
+        """Reopen a session: slide, model version, overlays, thresholds, labels."""
+        try:
+            session = Session.load(folder)
+        except InputError as exc:
+            self.status.value = f"Error: {exc}"
+            return
+        state = session.state
+        layer = None
+        if state.slide:
+            layer = next(
+                (lyr for lyr in self._image_layers() if lyr.metadata.get(SLIDE_KEY) == state.slide),
+                None,
+            )
+            if layer is None:
+                try:
+                    (layer,) = self.viewer.open(state.slide, plugin="napari-wsol")
+                except Exception as exc:
+                    self.status.value = f"Error: cannot open the session's slide: {exc}"
+                    return
+                if state.slide_mpp and not layer.metadata.get("mpp"):
+                    layer.metadata["mpp"] = state.slide_mpp
+                    layer.scale = (state.slide_mpp, state.slide_mpp)
+                    layer.units = ("um", "um")
+        elif self.image.value is None:
+            self.status.value = "Error: the session has no slide file; open its image first."
+            return
+        self.session = session
+        if layer is not None:
+            self.image.value = layer
+        layer = self._source()
+        with self.checkpoint.changed.blocked():
+            self.checkpoint.value = state.base_model or ""
+        self._model, self._model_source = None, ()
+        self._refresh_versions()
+        self._show_model_info()
+        with self.methods.changed.blocked():
+            self.methods.value = [m for m in state.methods if m in METHODS]
+        choices = list(self.scope.choices)
+        self.scope.value = state.scope if state.scope in choices else choices[0]
+        for widget, key in (
+            (self.seed_method, "method"),
+            (self.bg_fraction, "bg_fraction"),
+            (self.erode, "erode"),
+            (self.seeds, "seeds_per_class"),
+        ):
+            with widget.changed.blocked():
+                widget.value = state.seeder[key]
+        with self.heads.changed.blocked():
+            self.heads.value = state.fine_tune["heads"]
+        store_path = session.path(state.store)
+        if store_path is not None and store_path.exists():
+            self._open_store(store_path, layer, L.load_levels(MapStore.open(store_path)))
+            self._show_scores()
+            for method, t in state.thresholds.items():
+                if method in self.store.methods:
+                    self.thr_method.value = method
+                    self.threshold.value = t
+                    self._threshold_changed()
+            if state.disagreement:
+                self.diff_a.value, self.diff_b.value = state.disagreement
+                self.show_disagreement()
+        if state.edit_region:
+            region = Region.from_dict(state.edit_region)
+            pseudo = session.load_labels(region, "pseudo")
+            if pseudo is not None:
+                corrections = session.load_labels(region, "corrections")
+                self._show_labels(layer, region, pseudo, corrections)
+        self._update_session_info()
+        self.status.value = f"Session restored from {session.folder}"

@@ -1,0 +1,276 @@
+"""The Labels and Train tabs: pseudo-labels, corrections, click-to-flip, fine-tuning.
+
+A mixin of :class:`napari_wsol.widget.WSOLWidget`; corrections are written to the
+session folder after every change, fine-tuning rounds become model versions.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+from qtpy.QtCore import QTimer
+
+from napari_wsol import layers as L
+from napari_wsol.jobs import stream
+from wsol.errors import InputError
+from wsol.region import (
+    Region,
+    check_editable,
+    clip_region,
+    effective_labels,
+    flip_component,
+)
+
+PSEUDO_LAYER = "pseudo-labels"
+CORRECTIONS_LAYER = "corrections"
+
+
+class LabelsMixin:
+    # ================================================================ labels
+    def _edit_region(self) -> Region:
+        layer = self._source()
+        slide = self._slide(layer)
+        scope = self.scope.value if self.scope.value != "whole slide" else "current view"
+        _, box = self._scope_box(layer, scope)
+        model_ds = self._analysis_downsample(slide)
+        region = clip_region(slide, *box.box, downsample=model_ds, multiple=32)
+        return check_editable(region)
+
+    def _analysis_downsample(self, slide) -> float:
+        from wsol.checkpoint import read_config
+
+        path = self._current_model_path()
+        mpp = read_config(path).mpp if path else None
+        return float(mpp / slide.mpp) if (mpp and slide.mpp) else 1.0
+
+    def make_pseudo_labels(self) -> None:
+        """Pseudo-labels of the view (or drawn region) at the model's resolution."""
+        try:
+            layer = self._source()
+            region = self._edit_region()
+        except InputError as exc:
+            self.status.value = str(exc)
+            return
+        slide = self._slide(layer)
+        method = self.seed_method.value
+        bg, erode = float(self.bg_fraction.value), int(self.erode.value)
+        target_name = self.target.value
+        session = self.session
+
+        def job():
+            from wsol.region import pseudo_labels, read_region_rgb, seed_map
+
+            yield ("read", 0, 3)
+            rgb = read_region_rgb(slide, region)
+            yield ("map", 1, 3)
+            model = self._model_for_job()
+            names = list(model.config.class_names)
+            target = names.index(target_name) if target_name in names else 1
+            heat = seed_map(model, rgb, method, target)
+            yield ("labels", 2, 3)
+            pseudo = pseudo_labels(heat, bg, erode)
+            session.save_labels(region, "pseudo", pseudo)
+            return region, rgb, pseudo, session.load_labels(region, "corrections")
+
+        self._edit_layer = layer
+        self._start(job, "Pseudo-labels", self._steps_progress, self._pseudo_done, total=3)
+
+    def _steps_progress(self, report) -> None:
+        _, done, total = report
+        self._set_progress(done, total)
+
+    def _pseudo_done(self, result) -> None:
+        region, rgb, pseudo, corrections = result
+        self._show_labels(self._edit_layer, region, pseudo, corrections, rgb)
+        self.status.value = (
+            f"Pseudo-labels of {region.shape[1]} x {region.shape[0]} px: "
+            f"{(pseudo == 2).mean():.0%} fg, {(pseudo == 1).mean():.0%} bg, rest ignored."
+        )
+
+    def _show_labels(self, layer, region, pseudo, corrections, rgb=None) -> None:
+        self._edit = {"region": region, "pseudo": pseudo, "rgb": rgb}
+        self.session.state.edit_region = region.to_dict()
+        place = self._placement(layer)
+        grid = place.grid(region.downsample, region.y, region.x)
+        meta = {"slide_mpp": place.slide_mpp, "label_names": L.LABEL_NAMES}
+        fresh = corrections is None
+        if fresh:
+            corrections = np.zeros(region.shape, np.uint8)
+        self._saved_corrections = corrections.copy()
+        # Layers are made once and then given new data: creating a layer costs the GUI
+        # thread far more than replacing its pixels.
+        if PSEUDO_LAYER in self.viewer.layers:
+            self._replace(self.viewer.layers[PSEUDO_LAYER], pseudo, grid, meta)
+        else:
+            self.viewer.add_labels(
+                pseudo,
+                name=PSEUDO_LAYER,
+                opacity=0.35,
+                colormap=L.label_colormap(L.PSEUDO_COLORS),
+                metadata=meta,
+                **grid,
+            ).editable = False
+        if CORRECTIONS_LAYER in self.viewer.layers:
+            painted = self.viewer.layers[CORRECTIONS_LAYER]
+            self._replace(painted, corrections, grid, meta)
+        else:
+            painted = self.viewer.add_labels(
+                corrections,
+                name=CORRECTIONS_LAYER,
+                opacity=0.8,
+                colormap=L.label_colormap(L.CORRECTION_COLORS),
+                metadata=meta,
+                **grid,
+            )
+            painted.selected_label = 2
+            painted.brush_size = 8
+            painted.events.paint.connect(self._corrections_edited)
+            painted.events.set_data.connect(self._corrections_edited)  # undo / redo
+            painted.mouse_drag_callbacks.append(self._flip_click)
+        if fresh:
+            self.session.save_labels(region, "corrections", corrections)
+        self.viewer.layers.selection.active = painted
+        painted.mode = "pan_zoom" if self.flip.value else "paint"
+        self._autosave()
+
+    @staticmethod
+    def _replace(layer, data, grid: dict, meta: dict) -> None:
+        layer.data = data
+        layer.scale, layer.translate = grid["scale"], grid["translate"]
+        layer.metadata.update(meta)
+
+    def _corrections_edited(self, _event: object = None) -> None:
+        """Write the corrections as soon as they change (a crash loses nothing).
+
+        A brush or fill stroke announces itself once its pixels are written; a single
+        ``data_setitem`` or programmatic ``paint`` announces itself just *before*
+        writing, so the save is repeated once the event loop turns.
+        """
+        self._save_corrections()
+        QTimer.singleShot(0, self._save_corrections)
+
+    def _save_corrections(self) -> None:
+        if self._edit is None or CORRECTIONS_LAYER not in self.viewer.layers:
+            return
+        data = np.asarray(self.viewer.layers[CORRECTIONS_LAYER].data)
+        if self._saved_corrections is not None and np.array_equal(data, self._saved_corrections):
+            return
+        if data.max(initial=0) > 2:
+            self.status.value = "Corrections use labels 1 (background) and 2 (foreground) only."
+        self.session.save_labels(self._edit["region"], "corrections", np.minimum(data, 2))
+        self._saved_corrections = data.copy()
+
+    def _flip_toggled(self) -> None:
+        if CORRECTIONS_LAYER in self.viewer.layers:
+            layer = self.viewer.layers[CORRECTIONS_LAYER]
+            layer.mode = "pan_zoom" if self.flip.value else "paint"
+            self.viewer.layers.selection.active = layer
+
+    def _flip_click(self, layer, event) -> None:
+        if not self.flip.value or layer.mode != "pan_zoom" or self._edit is None:
+            return
+        row, col = (round(float(v)) for v in layer.world_to_data(event.position)[-2:])
+        self.flip_at(row, col)
+
+    def flip_at(self, row: int, col: int) -> bool:
+        """Swap fg/bg of the connected region at ``(row, col)`` (corrections grid)."""
+        layer = self.viewer.layers[CORRECTIONS_LAYER]
+        labels = effective_labels(self._edit["pseudo"], np.asarray(layer.data))
+        found = flip_component(labels, row, col)
+        if found is None:
+            self.status.value = "Nothing to flip there (pixel not labelled)."
+            return False
+        indices, value = found
+        layer.data_setitem(indices, value)  # one undoable step
+        self._save_corrections()
+        self.status.value = (
+            f"Flipped {len(indices[0])} px to {L.LABEL_NAMES[value]} (Ctrl+Z undoes)."
+        )
+        return True
+
+    def _seeder_changed(self) -> None:
+        self.session.state.seeder = {
+            "method": self.seed_method.value,
+            "bg_fraction": float(self.bg_fraction.value),
+            "erode": int(self.erode.value),
+            "seeds_per_class": int(self.seeds.value),
+        }
+        self._autosave()
+
+    def _tune_changed(self) -> None:
+        self.session.state.fine_tune = {
+            "heads": list(self.heads.value),
+            "steps": int(self.steps.value),
+            "lr": float(self.lr.value),
+        }
+        self._autosave()
+
+    # ================================================================ fine-tuning
+    def fine_tune(self) -> None:
+        """One round of the ``heads`` stage on the labelled region, then fresh overlays."""
+        from wsol.train import TrainConfig
+
+        if self._edit is None or CORRECTIONS_LAYER not in self.viewer.layers:
+            self.status.value = "Make pseudo-labels first (Labels tab)."
+            return
+        heads = tuple(self.heads.value)
+        if not heads:
+            self.status.value = "Choose the heads to fine-tune."
+            return
+        self._save_corrections()
+        corrections = np.minimum(np.asarray(self.viewer.layers[CORRECTIONS_LAYER].data), 2)
+        config = TrainConfig(
+            steps=int(self.steps.value),
+            batch_size=1,
+            heads=heads,
+            lr=float(self.lr.value),
+            cam_method=self.seed_method.value,
+            bg_fraction=float(self.bg_fraction.value),
+            erode=int(self.erode.value),
+            seeds_per_class=int(self.seeds.value),
+        )
+        edit = self._edit
+        slide = self._slide(self._source())
+        target_name = self.target.value
+        session = self.session
+
+        def job():
+            from wsol.region import fine_tune, read_region_rgb
+
+            rgb = edit["rgb"] if edit["rgb"] is not None else read_region_rgb(slide, edit["region"])
+            edit["rgb"] = rgb
+            model = copy.deepcopy(self._model_for_job())
+            names = list(model.config.class_names)
+            target = names.index(target_name) if target_name in names else 1
+            result = yield from stream(
+                fine_tune, self._stop, model, rgb, target, corrections, config
+            )
+            saved = None
+            if not result.cancelled:  # written here: a 12 MB save would stall the viewer
+                saved = model.save(session.next_version_path())
+            return model, result, saved
+
+        self._start(
+            job, "Fine-tuning heads", self._train_progress, self._train_done, total=config.steps
+        )
+
+    def _train_progress(self, report) -> None:
+        (p,) = report
+        self._set_progress(p.step, p.steps)
+        terms = ", ".join(f"{k} {v:.3f}" for k, v in p.losses.items())
+        self.train_info.value = f"step {p.step}/{p.steps}: {terms}"
+
+    def _train_done(self, payload) -> None:
+        model, result, saved = payload
+        if result.cancelled:
+            self.status.value = "Fine-tuning cancelled; the model version is unchanged."
+            return
+        path = self.session.add_version(path=saved)
+        self._model, self._model_source = model, path
+        self._refresh_versions()
+        self.status.value = (
+            f"Saved {path.name} ({result.steps_done} steps, {result.seconds:.1f} s)."
+        )
+        if self.store is not None:
+            self._then = self.run  # refresh the overlays with the new heads

@@ -1,0 +1,174 @@
+"""The Threshold tab and the disagreement layer: masks of the maps, live.
+
+A mixin of :class:`napari_wsol.widget.WSOLWidget` (it uses the widget's store, levels,
+session and controls); kept apart so each tab of the widget reads on its own.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_wsol import layers as L
+from napari_wsol.views import DifferenceView, ThresholdView
+from wsol.region import Region
+
+
+class ThresholdsMixin:
+    # ================================================================ disagreement
+    def show_disagreement(self) -> None:
+        a, b = self.diff_a.value, self.diff_b.value
+        if self.store is None or a is None or b is None or a == b:
+            self.status.value = "Compute two maps first, then choose two different ones."
+            return
+        levels = [DifferenceView(x, y) for x, y in zip(self.levels[a], self.levels[b], strict=True)]
+        data, multiscale = L.layer_data(levels)
+        name = f"|{a} - {b}|"
+        place = self._placement(self._source())
+        if name in self.viewer.layers:
+            self.viewer.layers[name].data = data
+        else:
+            self.viewer.add_image(
+                data,
+                multiscale=multiscale,
+                name=name,
+                colormap=L.overlay_colormap("magma"),
+                opacity=0.8,
+                contrast_limits=(0.0, 1.0),
+                metadata={"wsol_method": name, "slide_mpp": place.slide_mpp},
+                **place.grid(self.store.scale(0)),
+            )
+        self.session.state.disagreement = [a, b]
+        self._autosave()
+
+    # ================================================================ thresholds
+    def _mask_layer(self, method: str, replace: bool = False):
+        name = f"{method} mask"
+        t = self.session.state.thresholds.get(method, 0.5)
+        views = [ThresholdView(level, t) for level in self.levels[method]]
+        data, multiscale = L.layer_data(views)
+        place = self._placement(self._source())
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            if replace:
+                layer.data = data
+            return layer
+        class_name = self.target.value or "positive"
+        return self.viewer.add_labels(
+            data,
+            multiscale=multiscale,
+            name=name,
+            opacity=0.45,
+            colormap=L.label_colormap(L.MASK_COLORS),
+            metadata={
+                "wsol_method": method,
+                "slide_mpp": place.slide_mpp,
+                "label_names": {1: f"{class_name} ({method})"},
+            },
+            **place.grid(self.store.scale(0)),
+        )
+
+    def _threshold_method_changed(self) -> None:
+        method = self.thr_method.value
+        if method is None:
+            return
+        with self.threshold.changed.blocked():
+            self.threshold.value = self.session.state.thresholds.get(method, 0.5)
+        self._threshold_changed()
+
+    def _threshold_changed(self) -> None:
+        """Live: the mask of the view follows the slider (only visible pixels recomputed)."""
+        method = self.thr_method.value
+        if self.store is None or method is None:
+            return
+        t = float(self.threshold.value)
+        self.session.state.thresholds[method] = t
+        layer = self._mask_layer(method)
+        data = layer.data if layer.multiscale else [layer.data]
+        for view in data:
+            view.threshold = t
+        layer.refresh()
+        self._update_area()
+        self._save_timer.start()
+
+    def _stats_level(self) -> int:
+        levels = self.store.levels(self.thr_method.value)
+        return next(
+            (k for k, a in enumerate(levels) if a.shape[0] * a.shape[1] <= 2**21), len(levels) - 1
+        )
+
+    def _update_area(self) -> None:
+        method = self.thr_method.value
+        if self.store is None or method is None:
+            return
+        k = self._stats_level()
+        values = self.levels[method][k].values()
+        t = self.session.state.thresholds.get(method, 0.5)
+        scale = self.store.scale(k)
+        inside = self._scope_mask(values.shape, scale)
+        positive = (values >= t) & inside
+        px_area = scale**2
+        mpp = self.store.mpp
+        area = positive.sum() * px_area * (mpp**2 if mpp else 1)
+        unit = "mm²" if mpp else "px²"
+        shown = area / 1e6 if mpp else area
+        tissue = self._tissue_on(values.shape, scale)
+        if tissue is not None:
+            reference = (tissue & inside).sum()
+            what = "of tissue"
+        else:
+            reference = inside.sum()
+            what = "of the region"
+        percent = (
+            100.0 * (positive & (tissue if tissue is not None else True)).sum() / max(reference, 1)
+        )
+        self.area.value = f"{method} >= {t:.2f}: {shown:.4g} {unit}, {percent:.1f}% {what}"
+
+    def _scope_mask(self, shape: tuple[int, int], scale: float) -> np.ndarray:
+        inside = np.zeros(shape, bool)
+        region = self.session.state.run_region
+        if region is None:
+            inside[:] = True
+            return inside
+        r = Region.from_dict(region)
+        y0, x0 = int(r.y // scale), int(r.x // scale)
+        y1, x1 = int(np.ceil((r.y + r.h) / scale)), int(np.ceil((r.x + r.w) / scale))
+        inside[y0:y1, x0:x1] = True
+        return inside
+
+    def _tissue_on(self, shape: tuple[int, int], scale: float) -> np.ndarray | None:
+        key = (str(self.store.path), shape, scale)
+        if self._tissue_cache is None or self._tissue_cache[0] != key:
+            self._tissue_cache = (key, self._resampled_tissue(shape, scale))
+        return self._tissue_cache[1]
+
+    def _resampled_tissue(self, shape: tuple[int, int], scale: float) -> np.ndarray | None:
+        tissue = self.store.tissue()
+        if tissue is None:
+            return None
+        mask, ds = tissue
+        rows = np.minimum(((np.arange(shape[0]) + 0.5) * scale / ds).astype(int), mask.shape[0] - 1)
+        cols = np.minimum(((np.arange(shape[1]) + 0.5) * scale / ds).astype(int), mask.shape[1] - 1)
+        return mask[np.ix_(rows, cols)].astype(bool)
+
+    def otsu(self) -> None:
+        """Set the threshold to Otsu's on the map inside the scope (and tissue)."""
+        import torch
+
+        from wsol.pseudo import otsu_threshold
+
+        method = self.thr_method.value
+        if self.store is None or method is None:
+            self.status.value = "Compute maps first."
+            return
+        k = self._stats_level()
+        values = self.levels[method][k].values()
+        inside = self._scope_mask(values.shape, self.store.scale(k))
+        tissue = self._tissue_on(values.shape, self.store.scale(k))
+        if tissue is not None:
+            inside &= tissue
+        picked = values[inside]
+        if picked.size < 2 or picked.max() - picked.min() < 1e-6:
+            self.status.value = "Otsu: the map is flat here."
+            return
+        t = float(otsu_threshold(torch.from_numpy(picked)[None])[0])
+        self.threshold.value = round(t, 2)
