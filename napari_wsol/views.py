@@ -2,16 +2,16 @@
 
 napari slices a layer's arrays for the visible part of the visible level only. These
 wrappers compute a threshold or a difference on exactly that slice, so dragging a
-threshold costs the pixels on screen, not the slide. Levels small enough to keep are
-cached in memory after the first read (a slider drag re-reads the same pixels many
-times); :meth:`MapLevel.invalidate` drops the cache when the map is rewritten.
+threshold costs the pixels on screen, not the slide. Levels of a finished map that are
+small enough are kept in memory (float16) after the first read, since a slider drag
+re-reads the same pixels many times; a new run gets new levels.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-#: Levels up to this many pixels are kept in memory once read (float16: 32 MB).
+#: Levels up to this many pixels are kept in memory once read (float16: 32 MB each).
 CACHE_PIXELS = 4096 * 4096
 
 
@@ -51,26 +51,27 @@ class MapLevel(_LazyArray):
         self._cache: np.ndarray | None = None
         self.frozen = False  # True once the map is complete: cache whole levels
 
-    def invalidate(self) -> None:
-        self._cache = None
-
     def values(self) -> np.ndarray:
         """The whole level (cached when small and complete)."""
         return self[...]
 
     def __getitem__(self, key) -> np.ndarray:
-        if self._cache is not None:
-            return self._cache[key]
-        if self.frozen and self.size <= CACHE_PIXELS:
+        if self._cache is None and self.frozen and self.size <= CACHE_PIXELS:
             try:
-                self._cache = np.asarray(self.array[...], dtype=np.float32)
+                self._cache = np.asarray(self.array[...], dtype=np.float16)
             except Exception:
-                return np.zeros_like(np.empty(self.shape, np.float32)[key])
-            return self._cache[key]
+                return self._zeros(key)
+        if self._cache is not None:
+            return self._cache[key].astype(np.float32)
         try:
             return np.asarray(self.array[key], dtype=np.float32)
         except Exception:
-            return np.zeros_like(np.empty(self.shape, np.float32)[key])
+            return self._zeros(key)
+
+    def _zeros(self, key) -> np.ndarray:
+        # np.empty of the level's shape only reserves address space; indexing it gives
+        # the slice's shape without reading anything.
+        return np.zeros_like(np.empty(self.shape, np.float32)[key])
 
 
 class ThresholdView(_LazyArray):

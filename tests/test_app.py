@@ -429,7 +429,7 @@ def test_viewer_never_stalls_long_during_a_run(viewer, qtbot) -> None:
     timer.stop()
     assert widget.status.value.startswith("Done")
     assert seconds > 2  # a real run, long enough for a GUI-thread computation to show
-    assert max(gaps) < 1.0, f"longest stall {max(gaps):.2f} s of a {seconds:.1f} s run"
+    assert max(gaps) < 1.5, f"longest stall {max(gaps):.2f} s of a {seconds:.1f} s run"
 
 
 def test_demo_opens_napari_and_computes_the_view(display, tmp_path: Path) -> None:
