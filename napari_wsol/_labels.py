@@ -16,6 +16,7 @@ from napari_wsol.jobs import stream
 from wsol.errors import InputError
 from wsol.region import (
     Region,
+    analysis_downsample,
     check_editable,
     clip_region,
     effective_labels,
@@ -41,8 +42,7 @@ class LabelsMixin:
         from wsol.checkpoint import read_config
 
         path = self._current_model_path()
-        mpp = read_config(path).mpp if path else None
-        return float(mpp / slide.mpp) if (mpp and slide.mpp) else 1.0
+        return analysis_downsample(slide, read_config(path).mpp if path else None)
 
     def make_pseudo_labels(self) -> None:
         """Pseudo-labels of the view (or drawn region) at the model's resolution."""

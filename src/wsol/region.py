@@ -66,13 +66,13 @@ class Region:
         return f"y{self.y}_x{self.x}_h{self.h}_w{self.w}_d{self.downsample:g}"
 
 
-def analysis_downsample(slide: Slide, model: WSOLModel) -> float:
+def analysis_downsample(slide: Slide, model_mpp: float | None) -> float:
     """Level-0 pixels per model pixel: the model's mpp over the slide's, else 1.
 
     The same rule :func:`wsol.infer.infer_slide` applies by default.
     """
-    if model.config.mpp and slide.mpp:
-        return float(model.config.mpp / slide.mpp)
+    if model_mpp and slide.mpp:
+        return float(model_mpp / slide.mpp)
     return 1.0
 
 

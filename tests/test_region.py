@@ -1,0 +1,96 @@
+"""The engine behind the app's editing: regions, pseudo-labels, flips, sessions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wsol.errors import InputError
+from wsol.region import (
+    BACKGROUND,
+    FOREGROUND,
+    NONE,
+    Region,
+    check_editable,
+    clip_region,
+    effective_labels,
+    flip_component,
+    pseudo_labels,
+    tiles_in_box,
+)
+from wsol.session import Session
+from wsol.slide import ImageSlide
+
+
+def _slide(h: int = 300, w: int = 500, mpp: float | None = 0.5) -> ImageSlide:
+    return ImageSlide.from_array(np.zeros((h, w, 3), np.uint8), mpp=mpp)
+
+
+def test_clip_region_clips_and_snaps_to_the_encoder_grid() -> None:
+    slide = _slide()
+    region = clip_region(slide, -10, 450, 100, 100, downsample=2.0, multiple=32)
+    assert (region.y, region.x) == (0, 436) and region.x + region.w <= 500
+    assert region.shape == (64, 32)  # 110 x 50 level-0 px -> whole 32-px cells at 2x
+    with pytest.raises(InputError, match="outside the slide"):
+        clip_region(slide, 400, 0, 10, 10)
+
+
+def test_check_editable_names_the_size() -> None:
+    with pytest.raises(InputError, match="2000 x 100 px"):
+        check_editable(Region(0, 0, 100, 2000))
+
+
+def test_pseudo_labels_use_napari_values() -> None:
+    heat = torch.zeros(40, 40)
+    heat[10:20, 10:20] = 1.0
+    labels = pseudo_labels(heat, bg_fraction=0.5)
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {NONE, BACKGROUND, FOREGROUND}
+    assert (labels[10:20, 10:20] == FOREGROUND).all() and labels[30, 30] == BACKGROUND
+
+
+def test_flip_component_swaps_one_connected_region() -> None:
+    labels = np.full((6, 8), BACKGROUND, np.uint8)
+    labels[1:3, 1:3] = FOREGROUND
+    labels[4:6, 5:8] = FOREGROUND
+    labels[0, 7] = NONE
+    indices, value = flip_component(labels, 1, 1)
+    assert value == BACKGROUND and len(indices[0]) == 4  # the other fg blob is untouched
+    assert flip_component(labels, 0, 7) is None and flip_component(labels, 9, 9) is None
+    corrections = np.zeros_like(labels)
+    corrections[indices] = value
+    merged = effective_labels(labels, corrections)
+    assert (merged[1:3, 1:3] == BACKGROUND).all() and (merged[4:6, 5:8] == FOREGROUND).all()
+
+
+def test_tiles_in_box_finds_the_overlapping_tiles(synthetic_slide: Path) -> None:
+    from wsol.infer import make_grid
+    from wsol.slide import open_slide
+
+    with open_slide(synthetic_slide) as slide:
+        grid = make_grid(slide, 64, overlap=0.25, level=1)
+        hits = tiles_in_box(grid, 0, 0, 10, 10)
+    boxes = grid.level0_boxes()[hits]
+    assert len(hits) >= 1 and (boxes[:, 0] < 10).all() and (boxes[:, 1] < 10).all()
+
+
+def test_session_round_trip_and_labels(tmp_path: Path) -> None:
+    session = Session(tmp_path / "s")
+    session.state.thresholds = {"fcam": 0.3}
+    session.save()
+    region = Region(0, 0, 64, 96, 2.0)
+    labels = np.zeros(region.shape, np.uint8)
+    labels[3, 4] = 2
+    session.save_labels(region, "corrections", labels)
+    copy = session.copy_to(tmp_path / "copy")
+    loaded = Session.load(copy.folder)
+    assert loaded.state.thresholds == {"fcam": 0.3}
+    np.testing.assert_array_equal(loaded.load_labels(region, "corrections"), labels)
+    with pytest.raises(InputError, match="do not fit"):
+        session.save_labels(region, "pseudo", np.zeros((5, 5), np.uint8))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "session.json").write_text("{not json")
+    with pytest.raises(InputError, match="unreadable session file"):
+        Session.load(tmp_path / "bad")
