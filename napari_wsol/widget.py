@@ -33,8 +33,8 @@ from magicgui.widgets import (
 )
 from napari.qt.threading import create_worker
 from napari.utils import progress
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import QScrollArea, QSizePolicy, QTabWidget, QVBoxLayout, QWidget
 
 from napari_wsol import layers as L
 from napari_wsol._export import ExportSessionMixin
@@ -223,17 +223,27 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         )
 
         self.tabs = QTabWidget()
-        for name, container in (
+        tabs = (
             ("Inspect", inspect),
             ("Threshold", threshold),
             ("Labels", labels),
             ("Train", train),
             ("Export", export),
-        ):
+        )
+        for name, container in tabs:
             scroll = QScrollArea()
             scroll.setWidgetResizable(True)
+            scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
             scroll.setWidget(container.native)
             self.tabs.addTab(scroll, name)
+        # Let every control shrink to the dock's width (texts wrap, fields narrow)
+        # instead of being cut off at the dock's edge.
+        for control in [c for _, container in tabs for c in container] + [self.status]:
+            native = control.native
+            native.setMinimumWidth(0)
+            policy = native.sizePolicy()
+            policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
+            native.setSizePolicy(policy)
         layout = QVBoxLayout()
         layout.addWidget(self.tabs)
         layout.addWidget(self.cancel_button.native)

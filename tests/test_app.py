@@ -460,3 +460,27 @@ def test_a_bad_checkpoint_is_reported_not_raised(viewer, qtbot, tmp_path: Path) 
     _wait(qtbot, widget)
     assert widget.status.value.startswith("Error:") and "bad.safetensors" in widget.status.value
     assert [layer.name for layer in viewer.layers] == ["chelsea"]
+
+
+def test_drawn_region_scope_computes_only_that_region(viewer, qtbot) -> None:
+    viewer.open_sample("napari-wsol", "cmu_small_region")
+    widget = _dock(viewer)
+    viewer.reset_view()
+    widget.draw_region()
+    shapes = viewer.layers["WSOL region"]
+    assert shapes.mode == "add_rectangle" and widget.scope.value == "drawn region"
+    # a rectangle in data coordinates of the shapes layer (level-0 px of the slide)
+    shapes.add_rectangles(np.array([[400, 300], [400, 800], [900, 800], [900, 300]]))
+    widget.methods.value = ["gradcam"]
+    widget.run()
+    _wait(qtbot, widget)
+    assert widget.status.value.startswith("Done"), widget.status.value
+    region = widget.session.state.run_region
+    assert region["y"] <= 400 < 900 <= region["y"] + region["h"] + 1
+    assert region["x"] <= 300 < 800 <= region["x"] + region["w"] + 1
+    heat = np.asarray(viewer.layers["gradcam"].data[0])
+    scale = widget.store.scale(0)
+    rows, cols = np.nonzero(heat > 0)
+    # computed tiles touch the rectangle; nothing far outside it was computed
+    assert rows.min() * scale > 400 - 300 and rows.max() * scale < 900 + 300
+    assert cols.min() * scale > 300 - 300 and cols.max() * scale < 800 + 300
