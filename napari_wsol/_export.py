@@ -36,7 +36,11 @@ class ExportSessionMixin:
         return slide_stem(path) if path else (layer.name if layer is not None else "image")
 
     def export(self, what: str, path: Path | None = None) -> Path | None:
-        """Export the mask / GeoJSON / heatmap of the threshold map, or the model."""
+        """Export the mask / GeoJSON / heatmap of the threshold map, or the model.
+
+        The file is written by a background job; returns its path (None when cancelled
+        in the dialog or another job is running).
+        """
         from wsol.infer.export import (
             write_geojson,
             write_heatmap_tiff,
@@ -66,31 +70,34 @@ class ExportSessionMixin:
         path = path or self._ask_save_path(self.session.folder.parent / name, filters)
         if path is None:
             return None
-        try:
+        store, target_name = self.store, self.target.value
+
+        def job():
+            # Written on the worker: a whole slide's pyramid takes long enough to freeze
+            # the viewer.
+            yield ("write", 0, 1)
             if what == "mask":
                 if path.suffix.lower() == ".png":
-                    write_mask_png(self.store, method, path, t, level)
+                    write_mask_png(store, method, path, t, level)
                 else:
-                    write_mask_tiff(self.store, method, path, t, level)
+                    write_mask_tiff(store, method, path, t, level)
             elif what == "geojson":
-                write_geojson(self.store, method, path, t, class_name=self.target.value)
+                write_geojson(store, method, path, t, class_name=target_name)
             elif what == "heatmap":
-                write_heatmap_tiff(self.store, method, path, level)
+                write_heatmap_tiff(store, method, path, level)
             else:
-                from wsol.checkpoint import load_model
+                self._model_for_job().save(path)
+            return path
 
-                model = self._model or load_model(self._current_model_path())
-                model.save(path)
-        except (InputError, ValueError, OSError) as exc:
-            self.status.value = f"Error: {exc}"
-            return None
+        started = self._start(
+            job, f"Exporting {path.name}", self._steps_progress, self._exported, total=1
+        )
+        return path if started else None
+
+    def _exported(self, path: Path) -> None:
         self.status.value = f"Wrote {path}"
-        return path
 
     # ================================================================ session
-    def _autosave(self) -> None:
-        self._save_session()
-
     def _save_session(self) -> None:
         self.session.save()
         self._update_session_info()
@@ -103,17 +110,32 @@ class ExportSessionMixin:
         if folder is not None:
             self.save_session(folder)
 
-    def save_session(self, folder: str | Path) -> Path:
-        """Copy the session to ``folder`` and keep working there."""
+    def save_session(self, folder: str | Path) -> Path | None:
+        """Copy the session to ``folder`` (on the worker) and keep working there."""
         self._save_corrections()
-        self.session = self.session.copy_to(folder)
-        if self.store is not None and self.session.state.store:
-            self.store = None  # reopened from the copy below
-            path = self.session.path(self.session.state.store)
-            self._open_store(path, self._source(), L.load_levels(MapStore.open(path)))
+        session, folder = self.session, Path(folder)
+
+        def job():
+            yield ("copy", 0, 1)
+            copy = session.copy_to(folder)
+            path = copy.path(copy.state.store)
+            store = MapStore.open(path) if path is not None and path.exists() else None
+            return copy, store, None if store is None else L.load_levels(store)
+
+        started = self._start(
+            job, "Saving the session", self._steps_progress, self._session_saved, total=1
+        )
+        return folder if started else None
+
+    def _session_saved(self, payload) -> None:
+        self.session, store, levels = payload
+        if store is not None:
+            self._open_store(store, self._source(), levels)
+        if self._edit is not None:  # strokes made while the files were copied
+            self._saved_corrections = None
+            self._save_corrections()
         self._update_session_info()
         self.status.value = f"Session saved to {self.session.folder}"
-        return self.session.folder
 
     def _open_session_dialog(self) -> None:
         folder = self._ask_folder("Open a session folder")
@@ -172,7 +194,8 @@ class ExportSessionMixin:
             self.heads.value = state.fine_tune["heads"]
         store_path = session.path(state.store)
         if store_path is not None and store_path.exists():
-            self._open_store(store_path, layer, L.load_levels(MapStore.open(store_path)))
+            store = MapStore.open(store_path)
+            self._open_store(store, layer, L.load_levels(store))
             self._show_scores()
             for method, t in state.thresholds.items():
                 if method in self.store.methods:

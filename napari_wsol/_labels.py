@@ -91,7 +91,7 @@ class LabelsMixin:
     def _show_labels(self, layer, region, pseudo, corrections, rgb=None) -> None:
         self._edit = {"region": region, "pseudo": pseudo, "rgb": rgb}
         self.session.state.edit_region = region.to_dict()
-        place = self._placement(layer)
+        place = L.Placement.of(layer)
         grid = place.grid(region.downsample, region.y, region.x)
         meta = {"slide_mpp": place.slide_mpp, "label_names": L.LABEL_NAMES}
         fresh = corrections is None
@@ -132,7 +132,7 @@ class LabelsMixin:
             self.session.save_labels(region, "corrections", corrections)
         self.viewer.layers.selection.active = painted
         painted.mode = "pan_zoom" if self.flip.value else "paint"
-        self._autosave()
+        self._save_session()
 
     @staticmethod
     def _replace(layer, data, grid: dict, meta: dict) -> None:
@@ -196,7 +196,7 @@ class LabelsMixin:
             "erode": int(self.erode.value),
             "seeds_per_class": int(self.seeds.value),
         }
-        self._autosave()
+        self._save_session()
 
     def _tune_changed(self) -> None:
         self.session.state.fine_tune = {
@@ -204,7 +204,7 @@ class LabelsMixin:
             "steps": int(self.steps.value),
             "lr": float(self.lr.value),
         }
-        self._autosave()
+        self._save_session()
 
     # ================================================================ fine-tuning
     def fine_tune(self) -> None:

@@ -23,7 +23,7 @@ class ThresholdsMixin:
         levels = [DifferenceView(x, y) for x, y in zip(self.levels[a], self.levels[b], strict=True)]
         data, multiscale = L.layer_data(levels)
         name = f"|{a} - {b}|"
-        place = self._placement(self._source())
+        place = L.Placement.of(self._source())
         if name in self.viewer.layers:
             self.viewer.layers[name].data = data
         else:
@@ -38,7 +38,7 @@ class ThresholdsMixin:
                 **place.grid(self.store.scale(0)),
             )
         self.session.state.disagreement = [a, b]
-        self._autosave()
+        self._save_session()
 
     # ================================================================ thresholds
     def _mask_layer(self, method: str, replace: bool = False):
@@ -46,7 +46,7 @@ class ThresholdsMixin:
         t = self.session.state.thresholds.get(method, 0.5)
         views = [ThresholdView(level, t) for level in self.levels[method]]
         data, multiscale = L.layer_data(views)
-        place = self._placement(self._source())
+        place = L.Placement.of(self._source())
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
             if replace:

@@ -51,7 +51,7 @@ class Placement:
     slide_mpp: float | None
 
     @classmethod
-    def of(cls, layer, multiscale_factor: float = 1.0) -> Placement:
+    def of(cls, layer) -> Placement:
         scale = np.asarray(layer.scale[-2:], dtype=float)
         translate = np.asarray(layer.translate[-2:], dtype=float)
         mpp = layer.metadata.get("mpp")

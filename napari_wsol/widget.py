@@ -310,9 +310,6 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
                 )
         return self._slides[key]
 
-    def _placement(self, layer) -> L.Placement:
-        return L.Placement.of(layer)
-
     # ================================================================ model
     def _checkpoint_path(self) -> Path | None:
         value = str(self.checkpoint.value or "").strip()
@@ -328,7 +325,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self._model, self._model_source = None, ()
         self._refresh_versions()
         self._show_model_info()
-        self._autosave()
+        self._save_session()
 
     def _current_model_path(self) -> Path | None:
         if self.session.state.current == 0:
@@ -389,7 +386,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         if index == self.session.state.current:
             return
         self.session.state.current = index
-        self._autosave()
+        self._save_session()
         self.status.value = f"Model version {self.version.value}."
         if self.store is not None:
             self.run()  # show what this version sees
@@ -406,10 +403,11 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
             button.enabled = not busy
         self.cancel_button.enabled = busy
 
-    def _start(self, job, desc: str, on_yield, on_return, total: int = 0) -> None:
+    def _start(self, job, desc: str, on_yield, on_return, total: int = 0) -> bool:
+        """Run ``job`` (a generator function) in a napari worker; False when busy."""
         if self.worker is not None:
             self.status.value = "Busy: wait for the current job or cancel it."
-            return
+            return False
         self._stop.clear()
         self._pbar = progress(total=total, desc=desc)
         # Passing "errored" here replaces napari's default handler, which re-raises.
@@ -427,6 +425,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self._busy(True)
         self.status.value = f"{desc}…"
         worker.start()
+        return True
 
     def _set_progress(self, done: int, total: int) -> None:
         if self._pbar is None:
@@ -464,7 +463,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
 
     def view_box(self, layer) -> tuple[float, float, float, float]:
         """Level-0 box ``(y, x, h, w)`` of the part of ``layer`` on screen."""
-        place = self._placement(layer)
+        place = L.Placement.of(layer)
         camera = self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera
         cy, cx = camera.center[-2:]
         h, w = self.viewer.canvas.size
@@ -483,7 +482,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         shape = np.asarray(self.viewer.layers[REGION_LAYER].data[-1])[:, -2:]
         shapes = self.viewer.layers[REGION_LAYER]
         world = shape * np.asarray(shapes.scale[-2:]) + np.asarray(shapes.translate[-2:])
-        place = self._placement(layer)
+        place = L.Placement.of(layer)
         (y0, x0), (y1, x1) = (place.to_level0(*world.min(0)), place.to_level0(*world.max(0)))
         return y0, x0, y1 - y0, x1 - x0
 
@@ -580,7 +579,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self._set_progress(done, total)
         now = time.perf_counter()
         if not self._store_opened:
-            self._open_store(self.session.store_path(), self._run_layer, show=False)
+            self._open_store(MapStore.open(self.session.store_path()), self._run_layer, show=False)
             self._store_opened = True
             self._stale = list(self.store.methods)
         if now - self._last_refresh < REFRESH_EVERY:
@@ -598,27 +597,28 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
 
     def _run_done(self, payload) -> None:
         result, levels = payload
-        self._open_store(result.store.path, self._run_layer, levels)
+        self._open_store(result.store, self._run_layer, levels)
         self._show_scores()
         n = result.tiles_run
         what = "Cancelled" if result.cancelled else "Done"
         self.status.value = f"{what}: {n} tiles in {result.seconds:.1f} s" + (
             f" ({result.tiles_total} in scope)" if result.cancelled else ""
         )
-        self._autosave()
+        self._save_session()
 
-    def _open_store(self, path: Path, layer, levels: dict | None = None, show: bool = True) -> None:
+    def _open_store(
+        self, store: MapStore, layer, levels: dict | None = None, show: bool = True
+    ) -> None:
         """Show the store's maps as overlays (and keep thresholds/disagreement on it).
 
         ``levels``: finished maps already read into memory (by :func:`L.load_levels` on
         the worker thread); without them the maps are read lazily as they stream in.
         With ``show`` False the overlays are left to :meth:`_show_overlay` (streaming).
         """
-        store = MapStore.open(path)
         self.store = store
         self.levels = levels or {m: L.map_levels(store, m) for m in store.methods}
-        self.session.state.store = str(Path(path).relative_to(self.session.folder))
-        self._overlay_place = self._placement(layer)
+        self.session.state.store = str(store.path.relative_to(self.session.folder))
+        self._overlay_place = L.Placement.of(layer)
         if show:
             for method in store.methods:
                 self._show_overlay(method)

@@ -290,7 +290,7 @@ def test_fine_tune_cancel_keeps_the_version(app, qtbot) -> None:
 
 
 # ---------------------------------------------------------------- export & session
-def test_exports_write_every_format(app, tmp_path: Path) -> None:
+def test_exports_write_every_format(app, qtbot, tmp_path: Path) -> None:
     viewer, widget, _ = app
     widget.thr_method.value = "fcam"
     widget.threshold.value = 0.5
@@ -300,18 +300,23 @@ def test_exports_write_every_format(app, tmp_path: Path) -> None:
         else viewer.layers["fcam"].data
     )
     png = widget.export("mask", tmp_path / "m.png")
+    _wait(qtbot, widget)
     np.testing.assert_array_equal(np.asarray(Image.open(png)) > 0, heat >= 0.5)
     ome = widget.export("mask", tmp_path / "m.ome.tif")
+    _wait(qtbot, widget)
     np.testing.assert_array_equal(tifffile.imread(ome) > 0, heat >= 0.5)
     hm = widget.export("heatmap", tmp_path / "h.ome.tif")
+    _wait(qtbot, widget)
     np.testing.assert_allclose(tifffile.imread(hm), heat, atol=1e-3)
     geo = widget.export("geojson", tmp_path / "m.geojson")
+    _wait(qtbot, widget)
     collection = json.loads(geo.read_text())
     assert collection["type"] == "FeatureCollection"
     assert all(
         f["properties"]["classification"]["name"] == "lesion" for f in collection["features"]
     )
     ckpt = widget.export("model", tmp_path / "model.safetensors")
+    _wait(qtbot, widget)
     from wsol.checkpoint import load_model
 
     assert load_model(ckpt).config.backbone == "resnet10t"
@@ -319,6 +324,7 @@ def test_exports_write_every_format(app, tmp_path: Path) -> None:
     captured = {}
     widget._ask_save_path = lambda default, filters: captured.setdefault("p", default)
     widget.export("mask")
+    _wait(qtbot, widget)
     assert captured["p"].name == "he_tile_fcam_mask.ome.tif"
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
 
@@ -335,6 +341,7 @@ def test_session_round_trip_reproduces_the_layers(
     with corrections.block_history():
         corrections.paint((30, 40), 2)
     folder = widget.save_session(tmp_path / "saved")
+    _wait(qtbot, widget)
     names = sorted(layer.name for layer in viewer.layers)
 
     other = make_napari_viewer(show=True)
