@@ -182,6 +182,7 @@ class ExportSessionMixin:
             self.methods.value = [m for m in state.methods if m in METHODS]
         choices = list(self.scope.choices)
         self.scope.value = state.scope if state.scope in choices else choices[0]
+        self.dense_crf.value = bool(state.dense_crf)
         for widget, key in (
             (self.seed_method, "method"),
             (self.bg_fraction, "bg_fraction"),

@@ -203,6 +203,7 @@ class LabelsMixin:
             "heads": list(self.heads.value),
             "steps": int(self.steps.value),
             "lr": float(self.lr.value),
+            "guide": bool(self.guide.value),
         }
         self._save_session()
 
@@ -230,6 +231,10 @@ class LabelsMixin:
             erode=int(self.erode.value),
             seeds_per_class=int(self.seeds.value),
         )
+        guide = bool(self.guide.value)
+        if guide and not (corrections > 0).any():
+            self.status.value = "Guiding the CAM needs corrections: paint some pixels first."
+            return
         edit = self._edit
         slide = self._slide(self._source())
         target_name = self.target.value
@@ -244,22 +249,27 @@ class LabelsMixin:
             names = list(model.config.class_names)
             target = names.index(target_name) if target_name in names else 1
             result = yield from stream(
-                fine_tune, self._stop, model, rgb, target, corrections, config
+                fine_tune, self._stop, model, rgb, target, corrections, config, guide=guide
             )
             saved = None
             if not result.cancelled:  # written here: a 12 MB save would stall the viewer
                 saved = model.save(session.next_version_path())
             return model, result, saved
 
-        self._start(
-            job, "Fine-tuning heads", self._train_progress, self._train_done, total=config.steps
-        )
+        what = "Fine-tuning heads + guiding the CAM" if guide else "Fine-tuning heads"
+        total = config.steps * (2 if guide else 1)
+        self._start(job, what, self._train_progress, self._train_done, total=total)
 
     def _train_progress(self, report) -> None:
         (p,) = report
-        self._set_progress(p.step, p.steps)
+        if p.stage == "guided":  # one step per epoch on one region
+            self._set_progress(self.steps.value + p.epoch, 2 * self.steps.value)
+            step, steps = p.epoch, p.epochs
+        else:
+            self._set_progress(p.step, p.steps * (2 if self.guide.value else 1))
+            step, steps = p.step, p.steps
         terms = ", ".join(f"{k} {v:.3f}" for k, v in p.losses.items())
-        self.train_info.value = f"step {p.step}/{p.steps}: {terms}"
+        self.train_info.value = f"{p.stage} step {step}/{steps}: {terms}"
 
     def _train_done(self, payload) -> None:
         model, result, saved = payload

@@ -45,6 +45,7 @@ from napari_wsol.reader import SLIDE_KEY
 from wsol.cams import METHODS
 from wsol.errors import InputError
 from wsol.infer import MapStore
+from wsol.refine import DenseCRFParams
 from wsol.region import (
     Region,
     clip_region,
@@ -69,6 +70,30 @@ def _label(text: str) -> Label:
     label = Label(value=text)
     label.native.setWordWrap(True)
     return label
+
+
+def faithfulness_html(target: str, scores: dict[str, dict]) -> str:
+    """A small rich-text table of :func:`wsol.region.view_faithfulness`'s scores."""
+    from wsol.evaluate import FAITHFULNESS_COLUMNS
+
+    columns = [
+        (key, title)
+        for key, title in FAITHFULNESS_COLUMNS
+        if any(row[key] == row[key] for row in scores.values())  # skip all-NaN columns
+    ]
+    head = "".join(f"<th>{title}</th>" for _, title in columns)
+    body = "".join(
+        f"<tr><td>{method}</td>"
+        + "".join(f"<td align='right'>{row[key]:.1f}</td>" for key, _ in columns)
+        + "</tr>"
+        for method, row in scores.items()
+    )
+    tiles = max((row["pairs"] for row in scores.values()), default=0)
+    return (
+        f"<table cellspacing='4'><tr><th>{target}</th>{head}</tr>{body}</table>"
+        f"<small>{tiles} tiles of the view; AD: Average Drop, IC: Increase in Confidence, "
+        "AR: Average Retention, Del/Ins: deletion/insertion AUC (all %).</small>"
+    )
 
 
 class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
@@ -126,6 +151,10 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self.methods.native.setMaximumHeight(120)
         self.target = ComboBox(label="explain class", choices=[])
         self.scope = RadioButtons(label="scope", choices=SCOPES, value=SCOPES[0])
+        self.dense_crf = CheckBox(
+            text="Refine maps with a dense CRF (snaps to tissue edges)",
+            value=bool(self.session.state.dense_crf),
+        )
         self.draw_button = PushButton(text="Draw a region")
         self.run_button = PushButton(text="Compute maps")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -134,6 +163,8 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self.diff_a = ComboBox(label="map A", choices=[])
         self.diff_b = ComboBox(label="map B", choices=[])
         self.diff_button = PushButton(text="Show |A - B|")
+        self.faith_button = PushButton(text="Faithfulness of the view")
+        self.faith_table = _label("")
         inspect = Container(
             widgets=[
                 self.checkpoint,
@@ -143,6 +174,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
                 self.methods,
                 self.target,
                 self.scope,
+                self.dense_crf,
                 self.draw_button,
                 self.run_button,
                 self.scores,
@@ -150,6 +182,9 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
                 self.diff_a,
                 self.diff_b,
                 self.diff_button,
+                _label("How faithful are the maps to the classifier (chosen methods)?"),
+                self.faith_button,
+                self.faith_table,
             ]
         )
 
@@ -194,10 +229,25 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
             label="learning rate", min=1e-6, max=1e-1, step=1e-4, value=tune["lr"]
         )
         self.lr.native.setDecimals(6)
+        self.guide = CheckBox(
+            text="Also guide the classifier's own CAM", value=bool(tune.get("guide", False))
+        )
+        self.guide_info = _label(
+            "Slower: trains the encoder on your corrections (a full forward and backward "
+            "per step), so every map changes, CAMs included. Needs painted corrections."
+        )
         self.train_button = PushButton(text="Fine-tune heads")
         self.train_info = _label("")
         train = Container(
-            widgets=[self.heads, self.steps, self.lr, self.train_button, self.train_info]
+            widgets=[
+                self.heads,
+                self.steps,
+                self.lr,
+                self.guide,
+                self.guide_info,
+                self.train_button,
+                self.train_info,
+            ]
         )
 
         self.export_level = SpinBox(label="map level", min=0, max=16, value=0)
@@ -256,6 +306,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self.checkpoint.changed.connect(self._checkpoint_changed)
         self.version.changed.connect(self._version_changed)
         self.diff_button.changed.connect(self.show_disagreement)
+        self.faith_button.changed.connect(self.faithfulness)
         self.thr_method.changed.connect(self._threshold_method_changed)
         self.threshold.changed.connect(self._threshold_changed)
         self.otsu_button.changed.connect(self.otsu)
@@ -270,7 +321,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self.open_session_button.changed.connect(self._open_session_dialog)
         for widget in (self.seed_method, self.bg_fraction, self.erode, self.seeds):
             widget.changed.connect(self._seeder_changed)
-        for widget in (self.heads, self.steps, self.lr):
+        for widget in (self.heads, self.steps, self.lr, self.guide):
             widget.changed.connect(self._tune_changed)
         self._update_session_info()
 
@@ -530,12 +581,14 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
             return
         self.session.state.methods = methods
         self.session.state.scope = self.scope.value
+        self.session.state.dense_crf = bool(self.dense_crf.value)
         self.session.state.target = self.target.value
         self.session.state.slide = layer.metadata.get(SLIDE_KEY)
         self.session.state.slide_mpp = slide.mpp
         self.session.state.run_region = None if restrict is None else restrict.to_dict()
         path = self.session.store_path()
         target_name = self.target.value
+        refine = DenseCRFParams() if self.dense_crf.value else None
         self._run_layer = layer
         self._store_opened = False
 
@@ -566,6 +619,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
                 target=target,
                 roi=roi.box,
                 tiles=tiles,
+                refine=refine,
                 **options,
             )
             return result, L.load_levels(result.store)
@@ -659,6 +713,41 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
             metadata={"wsol_method": method, "slide_mpp": place.slide_mpp},
             **grid,
         )
+
+    # ================================================================ faithfulness
+    def faithfulness(self) -> None:
+        """Faithfulness scores of the chosen methods on the view (or drawn region)."""
+        try:
+            layer = self._source()
+            methods = list(self.methods.value)
+            if not methods:
+                raise InputError("choose at least one method")
+            region = self._edit_region()
+        except InputError as exc:
+            self.status.value = str(exc)
+            return
+        slide = self._slide(layer)
+        target_name = self.target.value
+
+        def job():
+            from wsol.region import read_region_rgb, view_faithfulness
+
+            yield ("read", 0, 2)
+            rgb = read_region_rgb(slide, region)
+            model = self._model_for_job()
+            names = list(model.config.class_names)
+            default = 1 if len(names) == 2 else 0
+            target = names.index(target_name) if target_name in names else default
+            yield ("scores", 1, 2)
+            scores = view_faithfulness(model, rgb, methods, target, should_stop=self._stop.is_set)
+            return names[target], scores
+
+        self._start(job, "Faithfulness", self._steps_progress, self._faith_done, total=2)
+
+    def _faith_done(self, payload) -> None:
+        target, scores = payload
+        self.faith_table.value = faithfulness_html(target, scores)
+        self.status.value = f"Faithfulness of {len(scores)} map(s) explaining {target!r}."
 
     def _run_region_tiles(self) -> np.ndarray:
         from wsol.region import tiles_in_box

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 from PIL import Image
 
 from wsol.samples import sample_model_path, sample_path
@@ -275,6 +276,52 @@ def test_fine_tune_adds_a_version_refreshes_overlays_and_reverts(app, qtbot) -> 
         else viewer.layers["fcam"].data
     )
     np.testing.assert_allclose(reverted, fcam_before, atol=2e-3)
+
+
+def test_guided_fine_tune_trains_the_encoder_and_changes_the_cam(app, qtbot) -> None:
+    import wsol
+
+    viewer, widget, _ = app
+    _, corrections = _labels_of(viewer, widget, qtbot)
+    widget.guide.value = True
+    widget.fine_tune()  # nothing painted yet: refused with a reason, no job
+    assert widget.worker is None and "paint" in widget.status.value
+    corrections.data[:64, :64] = 2
+    corrections.data[-64:, -64:] = 1
+    corrections.events.paint(value=[])
+    cam_before = np.asarray(viewer.layers["cam"].data[0]).copy()
+    widget.steps.value = 3
+    widget.fine_tune()
+    _wait(qtbot, widget)  # heads + guided round ...
+    _wait(qtbot, widget)  # ... and the overlays recomputed
+    assert "guided step 3/3" in widget.train_info.value
+    assert widget.session.state.fine_tune["guide"] is True
+    version = wsol.load_model(widget.session.model_path())
+    base = wsol.load_model(sample_model_path())
+    changed = [
+        not torch.equal(a, b)
+        for a, b in zip(version.encoder.parameters(), base.encoder.parameters(), strict=True)
+    ]
+    assert any(changed)  # the encoder itself learnt from the corrections
+    assert not np.allclose(np.asarray(viewer.layers["cam"].data[0]), cam_before)
+
+
+def test_faithfulness_of_the_view_matches_the_engine(app, qtbot) -> None:
+    import wsol
+    from wsol.region import read_region_rgb, view_faithfulness
+
+    _, widget, image = app
+    widget.methods.value = ["cam", "fcam"]
+    widget.faithfulness()
+    _wait(qtbot, widget)
+    table = widget.faith_table.value
+    assert "AD%" in table and "Del" in table and ">cam<" in table and ">fcam<" in table
+    region = widget._edit_region()
+    rgb = read_region_rgb(widget._slide(image), region)
+    expected = view_faithfulness(wsol.load_model(sample_model_path()), rgb, ["cam", "fcam"], 1)
+    for method in ("cam", "fcam"):
+        assert f"{expected[method]['average_drop']:.1f}" in table
+        assert f"{expected[method]['insertion_auc']:.1f}" in table
 
 
 def test_fine_tune_cancel_keeps_the_version(app, qtbot) -> None:

@@ -385,3 +385,69 @@ def test_train_rejects_bad_corrections(tmp_path: Path, checkpoint: Path, capsys)
         code == 2
         and "img0.png: corrections must be 0 (none), 1 (bg), 2 (fg)" in capsys.readouterr().err
     )
+
+
+def test_eval_faithfulness_and_dense_crf(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    data = make_dataset(tmp_path / "data", n=6, size=48)
+    plain, refined = tmp_path / "plain.json", tmp_path / "crf.json"
+    common = ["eval", str(data), "--checkpoint", str(checkpoint), "--no-boxes"]
+    assert main([*common, "--methods", "cam,minmaxcam,fcam", "--faithfulness"]) == 0
+    out = capsys.readouterr().out
+    assert "AD% ↓" in out and "Ins ↑" in out and "ADo%" not in out  # single-label
+    assert main([*common, "--methods", "fcam", "--json", str(plain)]) == 0
+    assert main([*common, "--methods", "fcam", "--dense-crf", "--json", str(refined)]) == 0
+    a, b = json.loads(plain.read_text()), json.loads(refined.read_text())
+    assert "refine" in b and "refine" not in a
+    assert a["methods"]["fcam"]["pxap"] != b["methods"]["fcam"]["pxap"]
+
+
+def test_train_guided_with_mask_labels_changes_the_encoder(tmp_path: Path, capsys) -> None:
+    data = make_dataset(tmp_path / "ds", n=6, size=64)
+    start = wsol.create_model("resnet10t", 2, class_names=["normal", "lesion"], input_size=64)
+    ckpt = start.save(tmp_path / "start.safetensors")
+    out = tmp_path / "guided.safetensors"
+    args = ["train", str(data), "--stage", "guided", "--checkpoint", str(ckpt), "--out", str(out)]
+    args += ["--epochs", "1", "--batch-size", "4", "--mask-labels", "--kernel-usage", "1"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "guided epoch 1/1" in err and "guide" in err
+    guided = wsol.load_model(out)
+    assert guided.config.kernel_usage == 1.0
+    assert not torch.equal(guided.encoder.conv1[0].weight, start.encoder.conv1[0].weight)
+
+
+def test_cam_and_predict_with_dense_crf(tmp_path: Path, checkpoint: Path) -> None:
+    image = tmp_path / "tile.png"
+    rgb = np.zeros((48, 48, 3), np.uint8)
+    rgb[:, 24:] = (200, 60, 160)
+    Image.fromarray(rgb).save(image)
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    base = ["cam", str(image), "--checkpoint", str(checkpoint), "--method", "gradcam"]
+    assert main([*base, "--out", str(a)]) == 0
+    assert main([*base, "--out", str(b), "--dense-crf"]) == 0
+    plain, refined = np.load(a), np.load(b)
+    assert plain.shape == refined.shape == (48, 48) and not np.allclose(plain, refined)
+    out = tmp_path / "pred"
+    code = main(
+        [
+            "predict",
+            str(image),
+            "--checkpoint",
+            str(checkpoint),
+            "--methods",
+            "cam",
+            "--out",
+            str(out),
+            "--dense-crf",
+        ]
+    )
+    assert code == 0 and any(out.rglob("*.geojson"))
+
+
+def test_create_model_multilabel_with_kernel_usage(tmp_path: Path) -> None:
+    out = tmp_path / "ml.safetensors"
+    args = ["create-model", str(out), "--backbone", "resnet10t", "--classes", "a,b,c"]
+    assert main([*args, "--multilabel", "--kernel-usage", "2", "--output-stride", "16"]) == 0
+    model = wsol.load_model(out)
+    assert model.config.multilabel and model.config.kernel_usage == 2.0
+    assert model.config.output_stride == 16

@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="class index or name to explain (default: predicted)")
     p.add_argument("--out", type=Path, required=True, help="output map: .npy, .png or .tif")
     p.add_argument("--native", action="store_true", help="run at the image's own size (no resize)")
+    _add_dense_crf(p)
 
     p = sub.add_parser("eval", help="evaluate methods on a dataset folder (labels.csv, masks/)")
     p.add_argument("dataset", type=Path)
@@ -78,6 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--tau", type=float, help="also report Dice/IoU at this threshold")
     p.add_argument("--no-boxes", action="store_true", help="skip MaxBoxAcc / MaxBoxAccV2")
+    p.add_argument(
+        "--faithfulness",
+        action="store_true",
+        help="also Average Drop / Increase in Confidence / Average Retention (+ of others) "
+        "and deletion / insertion AUC per method",
+    )
+    p.add_argument(
+        "--no-curves", action="store_true", help="faithfulness without deletion/insertion"
+    )
+    _add_dense_crf(p)
 
     p = sub.add_parser(
         "predict", help="tiled inference over whole slides: heatmaps, masks, GeoJSON, tile CSV"
@@ -113,10 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--min-tissue", type=float, default=0.1, help="tissue fraction to run a tile")
     p.add_argument("--restart", action="store_true", help="start over instead of resuming")
+    _add_dense_crf(p)
 
-    p = sub.add_parser("train", help="train a stage: classifier, fcam, pixelcam or heads")
+    p = sub.add_parser("train", help="train a stage: classifier, fcam, pixelcam, heads or guided")
     p.add_argument("dataset", type=Path, help="dataset folder (labels.csv, images, corrections/)")
-    p.add_argument("--stage", required=True, choices=["classifier", "fcam", "pixelcam", "heads"])
+    p.add_argument(
+        "--stage", required=True, choices=["classifier", "fcam", "pixelcam", "heads", "guided"]
+    )
     p.add_argument("--checkpoint", type=Path, required=True, help="model to start from")
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     p.add_argument("--size", type=int, help="image size (default: the model's input size)")
@@ -129,6 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--bg-fraction", type=float, default=0.3, help="seeds: lowest fraction of the CAM = bg"
     )
     p.add_argument("--crf-weight", type=float, default=1.0, help="weight of the F-CAM CRF loss")
+    p.add_argument(
+        "--mask-labels",
+        action="store_true",
+        help="use the masks/ of images that have one as full pixel labels (guided, heads)",
+    )
+    p.add_argument(
+        "--guide-method", choices=["cam", "gradcam"], default="cam", help="guided: map to guide"
+    )
+    p.add_argument("--guide-weight", type=float, default=1.0, help="guided: pixel loss weight")
+    p.add_argument(
+        "--kernel-usage",
+        type=float,
+        help="classifier/guided: Kernel Usage Regularization strength (0 turns it off)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", action="store_true")
     p.add_argument(
@@ -143,6 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="folder for train/, val/, test/")
     p.add_argument("--background", type=Path, nargs="+", help="slides/images cut as tissue")
     p.add_argument("--lesion", type=Path, nargs="+", help="slides/images the lesions come from")
+    p.add_argument(
+        "--multilabel",
+        action="store_true",
+        help="two lesion classes (lesion_a, lesion_b: the lesion tissue at --downsample and "
+        "--downsample-b), one or both per tile, ;-separated labels, masks/<class>/",
+    )
+    p.add_argument(
+        "--lesion-b",
+        type=Path,
+        nargs="+",
+        help="multilabel: slides for lesion_b (default --lesion)",
+    )
+    p.add_argument("--downsample-b", type=float, default=5.5, help="multilabel: lesion_b's")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--downsample", type=float, default=2.0, help="level-0 px per tile px")
     p.add_argument(
@@ -157,6 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", help="local timm weights file, or 'timm' to download")
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--mpp", type=float, help="microns per pixel the model is trained at")
+    p.add_argument(
+        "--multilabel", action="store_true", help="several classes per image (sigmoid + BCE)"
+    )
+    p.add_argument(
+        "--kernel-usage",
+        type=float,
+        default=0.0,
+        help="Kernel Usage Regularization strength of the classifier (0: off)",
+    )
+    p.add_argument("--output-stride", type=int, choices=[8, 16], help="dilate for finer CAMs")
     p.add_argument(
         "--decoder-channels",
         default="256,128,64,32,16",
@@ -197,6 +248,31 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--regions", type=int, default=3, help="4x4-tile regions to correct")
     b.add_argument("--steps", type=int, default=15, help="fine-tuning steps per round")
     b.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate")
+    b.add_argument("--json", type=Path, help="write the report here")
+    b = bench.add_parser("multilabel", help="MinMax-CAM vs the CAM family on two lesion types")
+    b.add_argument("data", type=Path, help="a make-benchmark --multilabel folder")
+    b.add_argument("--backbone", default="resnet10t")
+    b.add_argument("--size", type=int, default=128)
+    b.add_argument("--epochs", type=int, default=12)
+    b.add_argument("--kernel-usage", default="0,1", help="KUR strengths to train with (0: plain)")
+    b.add_argument("--curves", action="store_true", help="also deletion/insertion AUC")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--checkpoint", type=Path, help="also save the trained models here")
+    b.add_argument("--json", type=Path, help="write the report here")
+    b = bench.add_parser("dense-crf", help="dense-CRF refinement: Dice/PxAP effect and time")
+    b.add_argument("data", type=Path, help="a make-benchmark folder (test/)")
+    b.add_argument("--checkpoint", type=Path, required=True, help="a `bench quality` model")
+    b.add_argument("--sizes", default="256,512,1024", help="tile sides to time")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--json", type=Path, help="write the report here")
+    b = bench.add_parser("guided", help="guided CAM vs CAM/F-CAM/PixelCAM with k labelled images")
+    b.add_argument("data", type=Path, help="a make-benchmark folder (train/, test/)")
+    b.add_argument("--checkpoint", type=Path, required=True, help="a `bench quality` model")
+    b.add_argument("--labelled", default="0,5,20", help="numbers of pixel-labelled images")
+    b.add_argument("--epochs", type=int, default=6, help="epochs of the guided stage")
+    b.add_argument("--steps", type=int, default=60, help="steps of the heads stage (16 tiles)")
+    b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json", type=Path, help="write the report here")
     b = bench.add_parser("slide", help="streaming pipeline vs a naive tile loop on one slide")
     b.add_argument("slide", type=Path)
@@ -267,12 +343,32 @@ def _cam(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint)
     target = _target(args.target, model.config.class_names)
     image = read_image(args.image)
-    result = image_maps(model, image, [args.method], target, native=args.native)
+    result = image_maps(
+        model, image, [args.method], target, native=args.native, refine=_dense_crf(args)
+    )
     write_map(args.out, result.maps[args.method])
     names = model.config.class_names
     probs = ", ".join(f"{n} {p:.3f}" for n, p in zip(names, result.probabilities, strict=True))
     print(f"{args.image}: {probs}; {args.method} explains {names[result.target]!r} -> {args.out}")
     return 0
+
+
+def _dense_crf(args: argparse.Namespace):
+    """The dense-CRF refinement asked for on the command line, or None."""
+    if not args.dense_crf:
+        return None
+    from wsol.refine import DenseCRFParams
+
+    return DenseCRFParams(iterations=args.crf_iterations)
+
+
+def _add_dense_crf(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dense-crf",
+        action="store_true",
+        help="refine the maps with a fully connected CRF on the image (before thresholds)",
+    )
+    p.add_argument("--crf-iterations", type=int, default=5, help="dense CRF mean-field steps")
 
 
 def _target(text: str | None, class_names: list[str]) -> int | None:
@@ -293,11 +389,12 @@ def _eval(args: argparse.Namespace) -> int:
     if args.tau is not None and not 0 <= args.tau <= 1:
         raise InputError(f"--tau {args.tau}: must be in [0, 1]")
     model = load_model(args.checkpoint)
-    dataset = WSOLDataset(args.dataset, model.config.class_names)
+    dataset = WSOLDataset(args.dataset, model.config.class_names, model.config.multilabel)
 
     def progress(done: int, total: int) -> None:
         print(f"\r{done}/{total} images", end="", file=sys.stderr, flush=True)
 
+    refine = _dense_crf(args)
     report = evaluate(
         model,
         dataset,
@@ -306,6 +403,9 @@ def _eval(args: argparse.Namespace) -> int:
         tau=args.tau,
         boxes=not args.no_boxes,
         progress=progress,
+        faithfulness=args.faithfulness,
+        curves=not args.no_curves,
+        refine=refine,
     )
     print(file=sys.stderr)
     report["checkpoint"] = str(args.checkpoint)
@@ -350,6 +450,7 @@ def _predict(args: argparse.Namespace) -> int:
                 min_tissue=args.min_tissue,
                 resume=not args.restart,
                 progress=progress,
+                refine=_dense_crf(args),
             )
         except InputError as exc:
             print(f"\nwsol predict: error: {exc}", file=sys.stderr)
@@ -407,8 +508,15 @@ def _train(args: argparse.Namespace) -> int:
         else args.checkpoint
     )
     model = load_model(start).to(device)
-    dataset = WSOLDataset(args.dataset, model.config.class_names)
-    data = TrainData.from_dataset(dataset, args.size or model.config.input_size)
+    dataset = WSOLDataset(args.dataset, model.config.class_names, model.config.multilabel)
+    data = TrainData.from_dataset(
+        dataset, args.size or model.config.input_size, masks_as_labels=args.mask_labels
+    )
+    if args.stage == "guided" and data.corrections is None:
+        print(
+            "guided: no pixel labels (corrections/ or --mask-labels): image loss only",
+            file=sys.stderr,
+        )
     config = TrainConfig(
         epochs=args.epochs,
         steps=args.steps,
@@ -419,6 +527,9 @@ def _train(args: argparse.Namespace) -> int:
         crf_weight=args.crf_weight,
         seed=args.seed,
         augment=not args.no_augment,
+        guide_method=args.guide_method,
+        guide_weight=args.guide_weight,
+        kernel_usage=args.kernel_usage,
     )
     stop = []
     previous = signal.signal(signal.SIGINT, lambda *_: stop.append(True))
@@ -471,9 +582,18 @@ def _make_benchmark(args: argparse.Namespace) -> int:
         val=val_n,
         test=test_n,
         seed=args.seed,
+        multilabel=args.multilabel,
+        downsample_b=args.downsample_b,
     )
-    summary = make_benchmark(args.out, backgrounds, lesions, spec)
+    summary = make_benchmark(args.out, backgrounds, lesions, spec, lesions_b=args.lesion_b)
     for split, info in summary["splits"].items():
+        if args.multilabel:
+            classes = ", ".join(
+                f"{name} {c['tiles']} (mean area {c['fraction_mean']:.0%})"
+                for name, c in info["classes"].items()
+            )
+            print(f"{split}: {info['tiles']} tiles, {info['both']} with both; {classes}")
+            continue
         print(
             f"{split}: {info['tiles']} tiles, {info['positive']} with lesions "
             f"(mean area {info['object_fraction_mean']:.0%})"
@@ -504,6 +624,9 @@ def _create_model(args: argparse.Namespace) -> int:
         input_size=args.input_size,
         mpp=args.mpp,
         decoder_channels=[int(c) for c in args.decoder_channels.split(",")],
+        multilabel=args.multilabel,
+        kernel_usage=args.kernel_usage,
+        output_stride=args.output_stride,
     )
     model.save(args.out)
     print(model.summary())
@@ -518,6 +641,12 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_quality(args)
     if args.bench == "corrections":
         return _bench_corrections(args)
+    if args.bench == "guided":
+        return _bench_guided(args)
+    if args.bench == "multilabel":
+        return _bench_multilabel(args)
+    if args.bench == "dense-crf":
+        return _bench_dense_crf(args)
     from wsol.bench import bench_cams, markdown_table
 
     report = bench_cams(
@@ -530,10 +659,7 @@ def _bench(args: argparse.Namespace) -> int:
         reference=not args.no_reference,
     )
     print()
-    print(markdown_table(report))
-    if args.json:
-        _write_json(args.json, report)
-    return 0
+    return _finish(args, report, markdown_table(report))
 
 
 def _bench_quality(args: argparse.Namespace) -> int:
@@ -552,7 +678,7 @@ def _bench_quality(args: argparse.Namespace) -> int:
         ),
         seed=args.seed,
         checkpoint=args.checkpoint,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
+        log=_log,
     )
     print(f"accuracy {report['accuracy']:.1f}% on {report['test_tiles']} test tiles")
     print(markdown_table(report))
@@ -579,7 +705,7 @@ def _bench_corrections(args: argparse.Namespace) -> int:
         regions=args.regions,
         steps=args.steps,
         lr=args.lr,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
+        log=_log,
     )
     dice = " -> ".join(f"{d:.1f}" for d in report["mean_dice"])
     print(f"mean Dice by round: {dice} ({report['gain']:+.1f} points)")
@@ -590,6 +716,63 @@ def _bench_corrections(args: argparse.Namespace) -> int:
     if args.json:
         _write_json(args.json, report)
     return 0
+
+
+def _bench_dense_crf(args: argparse.Namespace) -> int:
+    from wsol.bench_refine import bench_dense_crf, markdown_tables
+
+    report = bench_dense_crf(
+        args.data,
+        args.checkpoint,
+        sizes=[int(s) for s in args.sizes.split(",") if s.strip()],
+        repeats=args.repeats,
+        device=args.device,
+        log=_log,
+    )
+    return _finish(args, report, markdown_tables(report))
+
+
+def _bench_multilabel(args: argparse.Namespace) -> int:
+    from wsol.bench_multilabel import bench_multilabel, markdown_table
+
+    report = bench_multilabel(
+        args.data,
+        backbone=args.backbone,
+        size=args.size,
+        epochs=args.epochs,
+        kernel_usage=[float(a) for a in args.kernel_usage.split(",") if a.strip()],
+        curves=args.curves,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+        log=_log,
+    )
+    return _finish(args, report, markdown_table(report))
+
+
+def _bench_guided(args: argparse.Namespace) -> int:
+    from wsol.bench_guided import bench_guided, markdown_table
+    from wsol.train import TrainConfig
+
+    labelled = [int(k) for k in args.labelled.split(",") if k.strip()]
+    report = bench_guided(
+        args.data,
+        args.checkpoint,
+        labelled=labelled,
+        guided=TrainConfig(epochs=args.epochs, batch_size=32, lr=3e-4, seed=args.seed),
+        heads=TrainConfig(
+            steps=args.steps,
+            batch_size=16,
+            lr=3e-4,
+            seed=args.seed,
+            heads_crop=None,
+            bg_fraction=0.5,
+            crf_weight=5.0,
+        ),
+        seed=args.seed,
+        log=_log,
+    )
+    print("Dice (fg, %) at each map's best threshold on the test tiles")
+    return _finish(args, report, markdown_table(report))
 
 
 def _bench_slide(args: argparse.Namespace) -> int:
@@ -614,6 +797,18 @@ def _bench_slide(args: argparse.Namespace) -> int:
     print(f"model only: {report['model_only_tiles_per_s']:.2f} tiles/s (tiles in memory)")
     print(f"speed-up:   {report['speedup_median']:.2f}x (median of {len(report['speedups'])})")
     print(f"pipeline reaches {report['pipeline_over_model_only']:.0%} of the model-only rate")
+    if args.json:
+        _write_json(args.json, report)
+    return 0
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _finish(args: argparse.Namespace, report: dict, table: str) -> int:
+    """Print a benchmark's table and write its report where ``--json`` says."""
+    print(table)
     if args.json:
         _write_json(args.json, report)
     return 0

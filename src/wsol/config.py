@@ -43,6 +43,13 @@ class ModelConfig:
         Microns per pixel the model was trained at (``None`` for natural images).
     mean, std : list of float
         Per-channel input normalization applied to RGB in [0, 1].
+    multilabel : bool
+        Several classes may be present in one image: the classifier's scores are
+        independent sigmoids (trained with binary cross-entropy) instead of a softmax.
+    kernel_usage : float
+        Kernel Usage Regularization (L. David et al.): when above 0, the classifier uses
+        ``W * kernel_usage * softmax(W)`` (softmax over classes, per kernel), which pushes
+        each feature kernel towards one class; 0 uses ``W`` as is.
     """
 
     backbone: str = "resnet18"
@@ -57,6 +64,8 @@ class ModelConfig:
     mpp: float | None = None
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    multilabel: bool = False
+    kernel_usage: float = 0.0
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
@@ -73,6 +82,8 @@ class ModelConfig:
             raise ValueError("mean and std need one value per RGB channel")
         if min(self.std) <= 0:
             raise ValueError(f"std must be positive, got {self.std}")
+        if self.kernel_usage < 0:
+            raise ValueError(f"kernel_usage must be >= 0, got {self.kernel_usage}")
 
     @property
     def pixel_classes(self) -> int:

@@ -8,14 +8,29 @@ from torch import nn
 
 
 class ClassifierHead(nn.Module):
-    """Global average pooling + linear layer; its weights define CAM."""
+    """Global average pooling + linear layer; its (effective) weights define CAM.
 
-    def __init__(self, in_channels: int, num_classes: int) -> None:
+    With ``kernel_usage`` α > 0 the layer applies Kernel Usage Regularization: the
+    weights in use are ``W * α * softmax(W)``, the softmax taken over classes for each
+    kernel, so a kernel that votes strongly for one class is damped for the others.
+    The stored parameter stays ``W``; :attr:`weight` is what CAM reads.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, kernel_usage: float = 0.0) -> None:
         super().__init__()
         self.fc = nn.Linear(in_channels, num_classes)
+        self.kernel_usage = kernel_usage
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """Effective class weights ``[num_classes, in_channels]``."""
+        w = self.fc.weight
+        if self.kernel_usage > 0:
+            w = w * self.kernel_usage * torch.softmax(w, dim=0)
+        return w
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
-        return self.fc(feature.mean(dim=(2, 3)))
+        return F.linear(feature.mean(dim=(2, 3)), self.weight, self.fc.bias)
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:

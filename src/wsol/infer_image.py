@@ -12,12 +12,13 @@ import torch.nn.functional as F
 from wsol.cams import compute_many
 from wsol.data import resize_image
 from wsol.model import WSOLModel
+from wsol.refine import DenseCRFParams, dense_crf
 
 
 @dataclass
 class ImageMaps:
     maps: dict[str, np.ndarray]  # method -> float32 [H, W] in [0, 1], image resolution
-    probabilities: np.ndarray  # [num_classes] softmax of the logits
+    probabilities: np.ndarray  # [num_classes] softmax (sigmoids if multi-label)
     target: int  # the class the maps explain
 
 
@@ -28,11 +29,13 @@ def image_maps(
     target: int | None = None,
     *,
     native: bool = False,
+    refine: DenseCRFParams | None = None,
 ) -> ImageMaps:
     """Compute ``methods`` on an RGB ``uint8 [H, W, 3]`` image.
 
     The image is resized to the model's ``input_size`` square (the resolution it was
     trained at) unless ``native``; maps are resized back to the image (bilinear).
+    ``refine`` then refines them with the dense CRF on the image's own pixels.
     """
     height, width = image.shape[:2]
     if native:
@@ -47,6 +50,9 @@ def image_maps(
             m = F.interpolate(m[None], size=(height, width), mode="bilinear", align_corners=False)[
                 0
             ]
+        if refine is not None:
+            rgb = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+            m = dense_crf(m.float(), rgb.to(m.device), refine)
         maps[method] = m[0].clamp(0, 1).float().cpu().numpy()
-    probs = torch.softmax(result.logits[0].float(), dim=0).cpu().numpy()
+    probs = model.probabilities(result.logits.float())[0].cpu().numpy()
     return ImageMaps(maps, probs, int(result.targets[0]))

@@ -201,6 +201,51 @@ class BoxMetrics:
         }
 
 
+class LeakMetrics:
+    """How much of a class's map falls on the *other* classes present in the image.
+
+    Per map: ``100 * sum(map * other) / sum(map)`` with ``other`` the union of the
+    ground truth of the other present classes; the mean over maps is reported. Lower
+    is better: a class-specific explanation keeps off the co-occurring objects. Maps
+    with no mass, and images with no other class, are skipped.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.count = 0
+
+    def update(self, maps: torch.Tensor, others: torch.Tensor) -> None:
+        mass = maps.flatten(1).sum(dim=1)
+        inside = (maps * others.to(maps.device, maps.dtype)).flatten(1).sum(dim=1)
+        keep = (mass > 0) & others.flatten(1).any(dim=1).to(mass.device)
+        self.total += float((100.0 * inside[keep] / mass[keep]).sum())
+        self.count += int(keep.sum())
+
+    def value(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+
+class LabelAccuracy:
+    """Multi-label accuracy: percent of correct per-class decisions (sigmoid >= 0.5),
+    and percent of images whose whole label set is right (exact match)."""
+
+    def __init__(self) -> None:
+        self.correct = self.decisions = self.exact = self.images = 0
+
+    def update(self, logits: torch.Tensor, present: torch.Tensor) -> None:
+        hit = (torch.sigmoid(logits.float()) >= 0.5).cpu() == present.cpu().bool()
+        self.correct += int(hit.sum())
+        self.decisions += hit.numel()
+        self.exact += int(hit.all(dim=1).sum())
+        self.images += hit.shape[0]
+
+    def value(self) -> float:
+        return 100.0 * self.correct / self.decisions if self.decisions else float("nan")
+
+    def exact_match(self) -> float:
+        return 100.0 * self.exact / self.images if self.images else float("nan")
+
+
 class Accuracy:
     """Top-1 classification accuracy, percent."""
 

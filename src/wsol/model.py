@@ -42,7 +42,7 @@ class WSOLModel(nn.Module):
         channels, reductions = feature_info(self.encoder)
         self.feature_channels = channels
         self.feature_reductions = reductions
-        self.classifier = ClassifierHead(channels[-1], config.num_classes)
+        self.classifier = ClassifierHead(channels[-1], config.num_classes, config.kernel_usage)
         self.decoder = UNetDecoder(channels, reductions, config.decoder_channels, out_channels=2)
         pixel_in = channels[config.pixel_tap]
         self.pixel_head = PixelHead(pixel_in, config.pixel_classes, config.pixel_hidden)
@@ -83,6 +83,12 @@ class WSOLModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.forward_features(x))
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of logits ``[B, C]``: sigmoids if multi-label, else softmax."""
+        if self.config.multilabel:
+            return torch.sigmoid(logits)
+        return torch.softmax(logits, dim=1)
 
     def fcam_logits(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         return self.decoder(features, size)
@@ -132,7 +138,8 @@ class WSOLModel(nn.Module):
             [
                 f"WSOLModel  {c.backbone}  ({n_params / 1e6:.2f} M parameters, "
                 f"device {self.device})",
-                f"  classes        {c.num_classes}: {', '.join(c.class_names)}",
+                f"  classes        {c.num_classes}: {', '.join(c.class_names)}"
+                + ("  (multi-label, sigmoid)" if c.multilabel else ""),
                 f"  encoder taps   {taps}   (channels/stride)",
                 f"  classifier     GAP + linear on tap {self.cam_tap}   {count(self.classifier)}",
                 f"  F-CAM decoder  U-Net, {len(self.decoder.blocks)} blocks -> (bg, fg)   "

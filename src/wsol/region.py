@@ -13,7 +13,7 @@ Label values follow napari's Labels convention and ``TrainData.from_dataset``:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -208,12 +208,18 @@ def fine_tune(
     *,
     progress: Callable[[TrainProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    guide: bool = False,
 ) -> TrainResult:
     """One round of the ``heads`` stage on one region, in place on ``model``.
 
     ``corrections`` are napari values (0 none, 1 bg, 2 fg) on the region's grid;
     ``config`` carries the seeder (``cam_method``, ``bg_fraction``, ``erode``,
     ``seeds_per_class``) and the heads, steps and learning rate.
+
+    With ``guide`` the round then also runs the ``guided`` stage for ``config.steps``
+    steps: the corrections act on the classifier's own CAM, so the encoder (and every
+    map) changes. It needs painted corrections and costs a full forward and backward
+    through the encoder per step.
     """
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise InputError(f"region pixels must be [H, W, 3], got {rgb.shape}")
@@ -227,5 +233,58 @@ def fine_tune(
             )
         painted = torch.from_numpy(corrections.astype(np.int64))[None] - 1
         painted[painted < 0] = IGNORE
+    if guide and (painted is None or not (painted != IGNORE).any()):
+        raise InputError("guiding the CAM needs corrections: paint some pixels first")
     data = TrainData(image, torch.tensor([int(target)]), painted)
-    return train(model, data, "heads", config, progress=progress, should_stop=should_stop)
+    result = train(model, data, "heads", config, progress=progress, should_stop=should_stop)
+    if not guide or result.cancelled:
+        return result
+    # One image: an epoch is one step. No augmentation, as in the heads stage, and
+    # all of the region in every step.
+    guided_config = replace(config, epochs=config.steps or 15, batch_size=1, augment=False)
+    guided = train(model, data, "guided", guided_config, progress=progress, should_stop=should_stop)
+    return TrainResult(
+        "heads+guided",
+        guided.epochs_done,
+        result.steps_done + guided.steps_done,
+        result.seconds + guided.seconds,
+        guided.cancelled,
+        result.history + guided.history,
+    )
+
+
+def view_faithfulness(
+    model: WSOLModel,
+    rgb: np.ndarray,
+    methods: list[str],
+    target: int,
+    *,
+    curves: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, dict]:
+    """Faithfulness of each method's maps on a region, tile by tile.
+
+    The region (at the model's resolution) is cut into the model's ``input_size``
+    tiles (the last row and column flush with the edge), each map explains ``target``,
+    and :class:`wsol.faithfulness.FaithfulnessMetrics` averages over the tiles.
+    """
+    from wsol.faithfulness import FaithfulnessMetrics
+
+    size = model.config.input_size
+    h, w = rgb.shape[:2]
+    if h < size or w < size:
+        raise InputError(f"the region ({w} x {h} px) is smaller than one {size} px tile")
+    ys = sorted({*range(0, h - size + 1, size), h - size})
+    xs = sorted({*range(0, w - size + 1, size), w - size})
+    image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+    tiles = torch.stack([image[:, y : y + size, x : x + size] for y in ys for x in xs])
+    metrics = {m: FaithfulnessMetrics(curves=curves) for m in methods}
+    for start in range(0, len(tiles), 16):
+        if should_stop is not None and should_stop():
+            break
+        x = model.normalize(tiles[start : start + 16])
+        targets = torch.full((len(x),), int(target), device=model.device)
+        result = compute_many(model, x, methods, targets)
+        for method, maps in result.maps.items():
+            metrics[method].update(model, x, maps, targets)
+    return {m: metric.summary() for m, metric in metrics.items()}

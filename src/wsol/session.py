@@ -42,6 +42,7 @@ class SessionState:
     current: int = 0  # 0 = base_model, k = versions[k - 1]
     methods: list[str] = field(default_factory=lambda: ["cam", "gradcampp", "fcam", "pixelcam"])
     scope: str = "view"
+    dense_crf: bool = False  # maps refined with the dense CRF
     target: str | None = None  # class name the maps explain
     store: str | None = None  # relative path of the last run's map store
     run_region: dict | None = None  # level-0 box of the last run
@@ -56,7 +57,9 @@ class SessionState:
             "seeds_per_class": 64,
         }
     )
-    fine_tune: dict = field(default_factory=lambda: {"heads": ["fcam"], "steps": 15, "lr": 3e-4})
+    fine_tune: dict = field(
+        default_factory=lambda: {"heads": ["fcam"], "steps": 15, "lr": 3e-4, "guide": False}
+    )
 
 
 class Session:

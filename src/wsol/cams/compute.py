@@ -13,7 +13,17 @@ from wsol.heads import ClassifierHead
 from wsol.model import WSOLModel
 
 #: Maps computed from the classifier (activations and gradients of one encoder tap).
-CAM_METHODS = ("cam", "gradcam", "gradcampp", "xgradcam", "layercam", "scorecam", "smoothgradcampp")
+CAM_METHODS = (
+    "cam",
+    "gradcam",
+    "gradcampp",
+    "xgradcam",
+    "layercam",
+    "scorecam",
+    "smoothgradcampp",
+    "minmaxcam",
+    "dminmaxgradcam",
+)
 #: Maps read from the localization heads.
 HEAD_METHODS = ("fcam", "pixelcam")
 METHODS = CAM_METHODS + HEAD_METHODS
@@ -40,6 +50,7 @@ def compute(
     images: torch.Tensor,
     method: str,
     targets: int | Sequence[int] | torch.Tensor | None = None,
+    present: torch.Tensor | None = None,
     **options: object,
 ) -> torch.Tensor:
     """Localization map of one method for a batch.
@@ -54,6 +65,10 @@ def compute(
         One of :data:`METHODS`.
     targets : int, sequence of int or Tensor [B], optional
         The class to explain per sample; ``None`` takes the predicted class.
+    present : Tensor [B, C] bool, optional
+        Classes present in each image, for the multi-label methods (``minmaxcam``,
+        ``dminmaxgradcam``); ``None`` takes the detections (sigmoid >= 0.5) of a
+        multi-label model and only the target otherwise. The target always counts.
     **options
         Method options, see :func:`compute_many`.
 
@@ -64,7 +79,7 @@ def compute(
         are ReLU'd, upsampled bilinearly and min-max normalized per image; ``fcam``
         and ``pixelcam`` are foreground probabilities of the heads.
     """
-    return compute_many(model, images, [method], targets, **options).maps[method]
+    return compute_many(model, images, [method], targets, present=present, **options).maps[method]
 
 
 def compute_many(
@@ -73,6 +88,7 @@ def compute_many(
     methods: Iterable[str],
     targets: int | Sequence[int] | torch.Tensor | None = None,
     *,
+    present: torch.Tensor | None = None,
     layer: int = -1,
     scorecam_batch_size: int | None = None,
     scorecam_scale: float = 1.0,
@@ -85,7 +101,7 @@ def compute_many(
 
     Parameters
     ----------
-    model, images, targets
+    model, images, targets, present
         As in :func:`compute`.
     methods : iterable of str
         Any of :data:`METHODS`.
@@ -123,8 +139,9 @@ def compute_many(
     needs_grads = any(m in _GRADIENT_METHODS for m in methods) or (
         linear_tap and "smoothgradcampp" in methods
     )
-    if "cam" in methods and tap != model.cam_tap:
-        raise ValueError("cam is defined on the classifier's tap only (layer=-1)")
+    for method in ("cam", "minmaxcam"):
+        if method in methods and tap != model.cam_tap:
+            raise ValueError(f"{method} is defined on the classifier's tap only (layer=-1)")
 
     was_training = model.training
     model.eval()
@@ -138,6 +155,10 @@ def compute_many(
             model, x, features, tap, targets, with_grads=needs_grads
         )
         maps: dict[str, torch.Tensor] = {}
+        if {"minmaxcam", "dminmaxgradcam"} & set(methods):
+            present = _resolve_present(model, present, logits, t)
+        if "dminmaxgradcam" in methods:
+            minmax_grads = _dminmax_gradients(model, x, features, tap, t, present)
         with torch.no_grad():
             for method in methods:
                 if method in HEAD_METHODS:
@@ -146,7 +167,11 @@ def compute_many(
                     maps[method] = _head_map(model, method, features, size, t)
                     continue
                 if method == "cam":
-                    raw = formulas.cam(acts, model.classifier.fc.weight[t])
+                    raw = formulas.cam(acts, model.classifier.weight[t])
+                elif method == "minmaxcam":
+                    raw = formulas.minmaxcam(acts, model.classifier.weight, t, present)
+                elif method == "dminmaxgradcam":
+                    raw = formulas.dminmax_gradcam(acts, *minmax_grads)
                 elif method in _GRADIENT_METHODS:
                     raw = _GRADIENT_METHODS[method](acts, grads)
                 elif method == "scorecam":
@@ -181,6 +206,51 @@ def _resolve_targets(
     if (t < 0).any() or (t >= num_classes).any():
         raise ValueError(f"targets must be class indices in [0, {num_classes}), got {t.tolist()}")
     return t
+
+
+def _resolve_present(
+    model: WSOLModel, present: torch.Tensor | None, logits: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    if present is None:
+        if model.config.multilabel:
+            present = torch.sigmoid(logits) >= 0.5
+        else:
+            present = torch.zeros_like(logits, dtype=torch.bool)
+    present = torch.as_tensor(present, device=logits.device).bool()
+    if present.shape != logits.shape:
+        raise ValueError(
+            f"present must be [batch, classes] = {tuple(logits.shape)}, got {tuple(present.shape)}"
+        )
+    present = present.clone()
+    present[torch.arange(len(targets), device=targets.device), targets] = True
+    return present
+
+
+def _dminmax_gradients(
+    model: WSOLModel,
+    x: torch.Tensor,
+    features: list[torch.Tensor] | None,
+    tap: int,
+    targets: torch.Tensor,
+    present: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """Gradients of the target score, of the other present classes' summed scores and
+    of all present classes' summed scores w.r.t. ``tap``, and ``|N_x|``, ``|C_x|``."""
+    others = formulas.other_classes(targets, present)
+    target = torch.zeros_like(present)
+    target[torch.arange(len(targets), device=targets.device), targets] = True
+    with torch.enable_grad():
+        if features is not None:
+            acts = features[tap].detach().requires_grad_(True)
+            logits = model.classifier(acts)
+        else:
+            feats = model.forward_features(x.detach().requires_grad_(True))
+            acts, logits = feats[tap], model.classify(feats)
+        grads = [
+            torch.autograd.grad((logits * m).sum(), acts, retain_graph=i < 2)[0]
+            for i, m in enumerate((target, others, present))
+        ]
+    return (*grads, others.sum(dim=1), present.sum(dim=1))
 
 
 def _activations_and_gradients(

@@ -29,6 +29,63 @@ def cam(activations: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
     return weighted_sum(class_weights, activations)
 
 
+def other_classes(targets: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """``[B, C]`` bool: the classes present in each image other than its target (N_x)."""
+    others = present.bool().clone()
+    others[torch.arange(len(targets), device=targets.device), targets] = False
+    return others
+
+
+def minmaxcam(
+    activations: torch.Tensor,
+    weights: torch.Tensor,
+    targets: torch.Tensor,
+    present: torch.Tensor,
+) -> torch.Tensor:
+    """MinMax-CAM (L. David et al. 2022): CAM minus the mean CAM of the other classes.
+
+    The channel weights are ``w^c - mean_{n in N_x} w^n`` with ``N_x`` the classes
+    present in the image other than the target ``c``: kernels that also vote for a
+    co-occurring class lose their weight, so the map keeps to what is specific to
+    ``c``. With no other class present it is plain CAM.
+
+    Parameters
+    ----------
+    weights : Tensor [C, K]
+        The classifier's class weights.
+    targets : Tensor [B]
+        Class each map explains.
+    present : Tensor [B, C] bool
+        Classes present in each image (ground truth, or detections).
+    """
+    others = other_classes(targets, present).to(weights.dtype)
+    count = others.sum(dim=1, keepdim=True).clamp_min(1)
+    return weighted_sum(weights[targets] - (others @ weights) / count, activations)
+
+
+def dminmax_gradcam(
+    activations: torch.Tensor,
+    grad_target: torch.Tensor,
+    grad_others: torch.Tensor,
+    grad_present: torch.Tensor,
+    num_others: torch.Tensor,
+    num_present: torch.Tensor,
+) -> torch.Tensor:
+    """D-MinMax-Grad-CAM (L. David et al.): the gradient form of MinMax, split by sign.
+
+    ``alpha_k = sum_ij [ReLU(g^c) - ReLU(g^N) / |N_x| + min(0, g^C) / |C_x|]`` where
+    ``g^c = dS_c/dA``, ``g^N = d(sum_{n in N_x} S_n)/dA`` over the other present
+    classes and ``g^C = d(sum_{n in C_x} S_n)/dA`` over all present classes (``C_x``
+    includes ``c``); the map is ``ReLU(sum_k alpha_k A_k)``. ``num_others`` and
+    ``num_present`` are ``|N_x|``, ``|C_x|`` per image ``[B]`` (0 counts as 1: the
+    matching gradient is then zero anyway).
+    """
+    n = num_others.to(grad_target.dtype).clamp_min(1).view(-1, 1, 1, 1)
+    c = num_present.to(grad_target.dtype).clamp_min(1).view(-1, 1, 1, 1)
+    per_pixel = F.relu(grad_target) - F.relu(grad_others) / n + grad_present.clamp(max=0) / c
+    return weighted_sum(per_pixel.sum(dim=(2, 3)), activations)
+
+
 def gradcam(activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al. 2017): weights are spatially averaged gradients."""
     return weighted_sum(grads.mean(dim=(2, 3)), activations)

@@ -7,7 +7,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from wsol.errors import InputError
 from wsol.infer.grid import TileGrid, make_grid
 from wsol.infer.store import MapStore
 from wsol.model import WSOLModel
+from wsol.refine import DenseCRFParams, dense_crf
 from wsol.slide import Slide
 from wsol.tissue import detect_tissue
 
@@ -61,6 +62,7 @@ def infer_slide(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     tiles: np.ndarray | None = None,
+    refine: DenseCRFParams | None = None,
     **cam_options: object,
 ) -> InferenceResult:
     """Compute ``methods`` over a slide and stream the maps into a zarr store at ``out``.
@@ -105,6 +107,9 @@ def infer_slide(
         finished so far, and returns with ``cancelled=True``.
     tiles : int array, optional
         Only these tile indices (row-major), e.g. for benchmarks.
+    refine : DenseCRFParams, optional
+        Refine every tile's maps with the dense CRF on the tile's pixels
+        (:func:`wsol.refine.dense_crf`) before they are blended and stored.
     **cam_options
         Passed to :func:`wsol.cams.compute_many`.
 
@@ -146,6 +151,7 @@ def infer_slide(
         "min_tissue": min_tissue,
         "cam_options": {k: v for k, v in sorted(cam_options.items())},
         "tiles": None if tiles is None else hashlib.sha1(np.asarray(tiles).tobytes()).hexdigest(),
+        "refine": None if refine is None else asdict(refine),
     }
     store = _open_or_create(
         Path(out), grid, methods, list(config.class_names), settings, slide, tissue, resume
@@ -164,7 +170,7 @@ def infer_slide(
         store.set_complete(0.0)
         return InferenceResult(store, total, 0, 0.0)
 
-    runner = _Runner(model, slide, grid, methods, target, amp, cam_options)
+    runner = _Runner(model, slide, grid, methods, target, amp, cam_options, refine)
     start = time.perf_counter()
     done = total - len(plan.order)
     cancelled = False
@@ -273,8 +279,8 @@ def _open_or_create(
 class _Runner:
     """Reads tiles and turns batches into blended-ready map tiles."""
 
-    def __init__(self, model, slide, grid, methods, target, amp, cam_options) -> None:
-        self.model, self.slide, self.grid = model, slide, grid
+    def __init__(self, model, slide, grid, methods, target, amp, cam_options, refine) -> None:
+        self.model, self.slide, self.grid, self.refine = model, slide, grid, refine
         self.methods, self.target, self.cam_options = methods, target, cam_options
         self.device = model.device
         self.amp = amp and self.device.type == "cuda"
@@ -304,11 +310,16 @@ class _Runner:
                 antialias=True,
                 align_corners=False,
             )
+        rgb = x
         x = self.model.normalize(x / 255.0)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             result = compute_many(self.model, x, self.methods, self.target, **self.cam_options)
-        probs = torch.softmax(result.logits.float(), dim=1)
+        probs = self.model.probabilities(result.logits.float())
         maps = torch.stack([result.maps[m].float() for m in self.methods])  # [M, B, T, T]
+        if self.refine is not None:
+            methods, batch = maps.shape[:2]
+            images = (rgb / 255.0).clamp(0, 1).repeat(methods, 1, 1, 1)
+            maps = dense_crf(maps.flatten(0, 1), images, self.refine).view_as(maps)
         if self.cam_rows:
             weight = probs.gather(1, result.targets[:, None])[:, 0]
             maps[self.cam_rows] = maps[self.cam_rows] * weight.view(1, -1, 1, 1)

@@ -20,12 +20,13 @@ from PIL import Image
 from wsol.atomic import atomic_path
 from wsol.cams import compute_many
 from wsol.errors import InputError, WSOLError
+from wsol.guidance import cam_logits, guidance_loss
 from wsol.losses import BarrierSchedule, crf_loss, partial_cross_entropy, size_loss
 from wsol.model import WSOLModel
 from wsol.pseudo import BG, FG, IGNORE, apply_corrections, sample_seeds
 from wsol.train.augment import apply_dihedral, stain_jitter
 
-STAGES = ("classifier", "fcam", "pixelcam", "heads")
+STAGES = ("classifier", "fcam", "pixelcam", "heads", "guided")
 CORRECTIONS_DIR = "corrections"
 
 
@@ -38,12 +39,16 @@ class TrainData:
     """Training images in memory: ``uint8 [N, 3, S, S]``, labels, optional corrections.
 
     ``corrections`` (long ``[N, S, S]``, :data:`wsol.pseudo.IGNORE` where unpainted) are
-    the user's fg/bg strokes; they are kept apart from the seeds and override them.
+    the user's fg/bg strokes, or whole ground-truth masks of a few fully labelled
+    images; they are kept apart from the seeds and override them. ``present`` (bool
+    ``[N, C]``) lists every class of each image for multi-label models; ``labels``
+    then holds the first.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     corrections: torch.Tensor | None = None
+    present: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.shape[1] != 3 or self.images.dtype != torch.uint8:
@@ -55,26 +60,36 @@ class TrainData:
             *self.images.shape[-2:],
         ):
             raise InputError(f"corrections {tuple(self.corrections.shape)} do not fit the images")
+        if self.present is not None and (
+            self.present.ndim != 2 or self.present.shape[0] != self.images.shape[0]
+        ):
+            raise InputError(f"present must be [N, classes], got {tuple(self.present.shape)}")
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     @classmethod
-    def from_dataset(cls, dataset, size: int) -> TrainData:
+    def from_dataset(cls, dataset, size: int, masks_as_labels: bool = False) -> TrainData:
         """All of a :class:`wsol.data.WSOLDataset`, resized to ``size``, with its corrections.
 
         Corrections are read from ``<dataset>/corrections/<image stem>.png`` when present:
         0 = not painted, 1 = background, 2 = foreground (napari Labels values), resized
-        with nearest neighbours.
+        with nearest neighbours. With ``masks_as_labels`` the ground-truth masks of the
+        images that have one (``masks/``) become full pixel labels (fully labelled
+        images, e.g. for the ``guided`` stage); painted corrections still override them.
         """
-        images, labels = [], []
+        images, labels, masks = [], [], []
         for batch in dataset.batches(64, size):
             images.append(batch.images)
             labels.append(batch.labels)
+            if masks_as_labels:
+                truth = torch.where(batch.masks, FG, BG)
+                masks.append(torch.where(batch.has_mask[:, None, None], truth, IGNORE))
         folder = Path(dataset.root) / CORRECTIONS_DIR
-        corrections = None
+        corrections = torch.cat(masks).long() if masks_as_labels else None
         if folder.is_dir():
-            corrections = torch.full((len(dataset), size, size), IGNORE, dtype=torch.long)
+            if corrections is None:
+                corrections = torch.full((len(dataset), size, size), IGNORE, dtype=torch.long)
             for i, sample in enumerate(dataset.samples):
                 path = folder / f"{sample.image.stem}.png"
                 if not path.exists():
@@ -85,8 +100,10 @@ class TrainData:
                 )[0, 0].long()
                 if painted.max() > 2:
                     raise InputError(f"{path}: corrections must be 0 (none), 1 (bg), 2 (fg)")
-                corrections[i] = painted - 1  # 0 -> IGNORE (-1), 1 -> BG (0), 2 -> FG (1)
-        return cls(torch.cat(images), torch.cat(labels), corrections)
+                # 0 -> keep, 1 -> BG (0), 2 -> FG (1)
+                corrections[i] = torch.where(painted > 0, painted - 1, corrections[i])
+        present = dataset.present() if getattr(dataset, "multilabel", False) else None
+        return cls(torch.cat(images), torch.cat(labels), corrections, present)
 
 
 @dataclass
@@ -117,6 +134,10 @@ class TrainConfig:
     heads: tuple[str, ...] = ("fcam", "pixelcam")
     heads_crop: int | None = 256  # "heads": train on windows of this size per step
     negative_class: int | None = -1  # -1: class 0 of a two-class model, else none
+    kernel_usage: float | None = None  # "classifier"/"guided": set Kernel Usage Regularization
+    guide_method: str = "cam"  # "guided": the differentiable map the pixel labels act on
+    guide_weight: float = 1.0
+    labelled_fraction: float = 0.25  # "guided"/"heads": batch share from pixel-labelled images
     amp: bool = True
 
 
@@ -170,6 +191,17 @@ def train(
     ``heads``
         Fine-tunes only the heads in ``config.heads`` for ``config.steps`` steps on
         encoder features computed once: what the napari app runs after corrections.
+    ``guided``
+        Encoder + classifier with the image loss on every image plus, on images with
+        pixel labels (``data.corrections``), a class-balanced partial BCE imposed on
+        the classifier's own differentiable ``guide_method`` map
+        (:mod:`wsol.guidance`); ``labelled_fraction`` of every batch is drawn from the
+        labelled images. Afterwards ``cam`` / ``gradcam`` are the segmentation.
+
+    The image loss is cross-entropy, or binary cross-entropy over ``data.present``
+    for multi-label models (``model.config.multilabel``). ``kernel_usage`` switches
+    Kernel Usage Regularization of the classifier on (or off with 0) for the
+    ``classifier`` and ``guided`` stages; it is saved in the model's config.
 
     With ``checkpoint``, weights are saved there (atomically) after every epoch, with the
     optimizer state beside them (``<checkpoint>.state.pt``). A stop between steps leaves
@@ -199,6 +231,16 @@ class _Trainer:
         if negative == -1:
             negative = 0 if model.config.num_classes == 2 else None
         self.negative = negative
+        if config.kernel_usage is not None and stage in ("classifier", "guided"):
+            model.config.kernel_usage = float(config.kernel_usage)
+            model.classifier.kernel_usage = float(config.kernel_usage)
+        if model.config.multilabel and data.present is None:
+            raise InputError("a multi-label model needs data.present (the classes of each image)")
+        self.labelled = (
+            torch.zeros(0, dtype=torch.long)
+            if data.corrections is None
+            else (data.corrections != IGNORE).flatten(1).any(dim=1).nonzero()[:, 0]
+        )
         self.modules = self._trainable()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -214,7 +256,7 @@ class _Trainer:
 
     def _trainable(self) -> list[torch.nn.Module]:
         m = self.model
-        if self.stage == "classifier":
+        if self.stage in ("classifier", "guided"):
             return [m.encoder, m.classifier]
         if self.stage == "fcam":
             return [m.decoder]
@@ -292,9 +334,24 @@ class _Trainer:
     def _order(self, gen: torch.Generator, steps: int) -> list[torch.Tensor]:
         n, b = len(self.data), self.config.batch_size
         if self.stage == "heads":
-            return [torch.randperm(n, generator=gen)[:b] for _ in range(steps)]
-        perm = torch.randperm(n, generator=gen)
-        return [perm[i : i + b] for i in range(0, n, b)]
+            batches = [torch.randperm(n, generator=gen)[:b] for _ in range(steps)]
+        else:
+            perm = torch.randperm(n, generator=gen)
+            batches = [perm[i : i + b] for i in range(0, n, b)]
+        extra = round(b * self.config.labelled_fraction)
+        if (
+            self.stage in ("guided", "heads")
+            and len(self.labelled)
+            and extra
+            and len(self.labelled) < n
+        ):
+            # A few labelled images among hundreds would meet the loss a few times an
+            # epoch; topping every batch up with them makes the guidance steady.
+            picks = torch.randint(len(self.labelled), (len(batches), extra), generator=gen)
+            batches = [
+                torch.cat([bt, self.labelled[p]]) for bt, p in zip(batches, picks, strict=True)
+            ]
+        return batches
 
     def _set_modes(self) -> None:
         self.model.eval()  # frozen parts keep their BatchNorm statistics
@@ -333,8 +390,19 @@ class _Trainer:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             if self.stage == "classifier":
                 logits = self.model.classify(self.model.forward_features(x))
-                ce = F.cross_entropy(logits.float(), labels)
+                ce = self._image_loss(logits, index, labels)
                 return {"loss": ce, "ce": ce}
+            if self.stage == "guided":
+                features = self.model.forward_features(x)
+                logits = self.model.classify(features)
+                ce = self._image_loss(logits, index, labels)
+                guide = x.new_zeros(())
+                if corrections is not None and (corrections != IGNORE).any():
+                    targets = self._guide_targets(labels)
+                    pixel = cam_logits(self.model, features, targets, self.config.guide_method)
+                    guide = guidance_loss(pixel.float(), corrections)
+                total = ce + self.config.guide_weight * guide
+                return {"loss": total, "ce": ce, "guide": guide}
             if self.stage == "heads":
                 features = [f[index].to(self.device) for f in self.features]
                 images, maps, corrections, features = self._crop(
@@ -350,7 +418,7 @@ class _Trainer:
             total = x.new_zeros(())
             if self.stage == "pixelcam":
                 logits = self.model.classify(features)
-                losses["ce"] = F.cross_entropy(logits.float(), labels)
+                losses["ce"] = self._image_loss(logits, index, labels)
                 total = total + losses["ce"]
                 maps = compute_many(
                     self.model,
@@ -420,6 +488,22 @@ class _Trainer:
             None if corrections is None else corrections[window],
             cropped,
         )
+
+    def _image_loss(
+        self, logits: torch.Tensor, index: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        if self.model.config.multilabel:
+            present = self.data.present[index].to(logits.device, torch.float32)
+            return F.binary_cross_entropy_with_logits(logits.float(), present)
+        return F.cross_entropy(logits.float(), labels)
+
+    def _guide_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """The class whose map the pixel labels describe: the positive class of a
+        two-class model with a negative class (a negative image's labels are then all
+        background of the positive class's map), else each image's label."""
+        if self.negative is not None and self.model.config.num_classes == 2:
+            return torch.full_like(labels, 1 - self.negative)
+        return labels
 
     def _positive(self, labels: torch.Tensor) -> torch.Tensor:
         if self.negative is None:
