@@ -306,6 +306,20 @@ def test_guided_fine_tune_trains_the_encoder_and_changes_the_cam(app, qtbot) -> 
     assert not np.allclose(np.asarray(viewer.layers["cam"].data[0]), cam_before)
 
 
+def test_dense_crf_and_minmax_maps_in_the_app(app, qtbot) -> None:
+    viewer, widget, _ = app
+    plain = np.asarray(viewer.layers["cam"].data[0]).copy()
+    widget.methods.value = ["cam", "minmaxcam"]
+    widget.dense_crf.value = True
+    widget.run()
+    _wait(qtbot, widget)
+    assert widget.session.state.dense_crf is True
+    refined = np.asarray(viewer.layers["cam"].data[0])
+    assert refined.shape == plain.shape and not np.allclose(refined, plain, atol=1e-3)
+    # single-label model: nothing else is present, so MinMax-CAM is CAM
+    np.testing.assert_allclose(np.asarray(viewer.layers["minmaxcam"].data[0]), refined, atol=1e-3)
+
+
 def test_faithfulness_of_the_view_matches_the_engine(app, qtbot) -> None:
     import wsol
     from wsol.region import read_region_rgb, view_faithfulness
