@@ -91,8 +91,7 @@ def faithfulness_html(target: str, scores: dict[str, dict]) -> str:
     tiles = max((row["pairs"] for row in scores.values()), default=0)
     return (
         f"<table cellspacing='4'><tr><th>{target}</th>{head}</tr>{body}</table>"
-        f"<small>{tiles} tiles of the view; AD: Average Drop, IC: Increase in Confidence, "
-        "AR: Average Retention, Del/Ins: deletion/insertion AUC (all %).</small>"
+        f"<small>{tiles} tiles of the view, all in %</small>"
     )
 
 
@@ -152,8 +151,9 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self.target = ComboBox(label="explain class", choices=[])
         self.scope = RadioButtons(label="scope", choices=SCOPES, value=SCOPES[0])
         self.dense_crf = CheckBox(
-            text="Refine maps with a dense CRF (snaps to tissue edges)",
+            text="Refine maps (dense CRF)",
             value=bool(self.session.state.dense_crf),
+            tooltip="Fully connected CRF on each tile's pixels: snaps the maps to tissue edges.",
         )
         self.draw_button = PushButton(text="Draw a region")
         self.run_button = PushButton(text="Compute maps")
@@ -163,7 +163,11 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self.diff_a = ComboBox(label="map A", choices=[])
         self.diff_b = ComboBox(label="map B", choices=[])
         self.diff_button = PushButton(text="Show |A - B|")
-        self.faith_button = PushButton(text="Faithfulness of the view")
+        self.faith_button = PushButton(
+            text="Faithfulness of the view",
+            tooltip="AD: Average Drop, IC: Increase in Confidence, AR: Average Retention, "
+            "Del/Ins: deletion/insertion AUC (arrows: which way is better).",
+        )
         self.faith_table = _label("")
         inspect = Container(
             widgets=[
