@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -13,9 +12,7 @@ from wsol.data import WSOLDataset
 from wsol.faithfulness import FaithfulnessMetrics
 from wsol.metrics import Accuracy, BoxMetrics, LabelAccuracy, LeakMetrics, PixelMetrics
 from wsol.model import WSOLModel
-
-if TYPE_CHECKING:
-    from wsol.refine import DenseCRFParams
+from wsol.refine import DenseCRFParams, dense_crf
 
 
 def evaluate(
@@ -114,8 +111,6 @@ def evaluate(
 def _refined(
     maps: dict[str, torch.Tensor], images: torch.Tensor, params: DenseCRFParams
 ) -> dict[str, torch.Tensor]:
-    from wsol.refine import dense_crf
-
     return {m: dense_crf(v, images.to(v.device), params) for m, v in maps.items()}
 
 

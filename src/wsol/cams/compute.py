@@ -240,17 +240,31 @@ def _dminmax_gradients(
     target = torch.zeros_like(present)
     target[torch.arange(len(targets), device=targets.device), targets] = True
     with torch.enable_grad():
-        if features is not None:
-            acts = features[tap].detach().requires_grad_(True)
-            logits = model.classifier(acts)
-        else:
-            feats = model.forward_features(x.detach().requires_grad_(True))
-            acts, logits = feats[tap], model.classify(feats)
+        acts, logits = _tap_and_logits(model, x, features, tap, True)
         grads = [
             torch.autograd.grad((logits * m).sum(), acts, retain_graph=i < 2)[0]
             for i, m in enumerate((target, others, present))
         ]
     return (*grads, others.sum(dim=1), present.sum(dim=1))
+
+
+def _tap_and_logits(
+    model: WSOLModel,
+    x: torch.Tensor,
+    features: list[torch.Tensor] | None,
+    tap: int,
+    with_grads: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activations of ``tap`` and the logits, in a graph from the tap to the scores.
+
+    With the classifier's tap already computed (``features``) only GAP + linear is in
+    the graph; other taps run the encoder with a graph.
+    """
+    if features is not None:
+        acts = features[tap].detach().requires_grad_(with_grads)
+        return acts, model.classifier(acts)
+    feats = model.forward_features(x.detach().requires_grad_(True))
+    return feats[tap], model.classify(feats)
 
 
 def _activations_and_gradients(
@@ -267,13 +281,7 @@ def _activations_and_gradients(
     differentiated. Other taps need the graph from the tap to the scores.
     """
     with torch.enable_grad():
-        if features is not None:
-            acts = features[tap].detach().requires_grad_(with_grads)
-            logits = model.classifier(acts)
-        else:
-            feats = model.forward_features(x.detach().requires_grad_(True))
-            acts = feats[tap]
-            logits = model.classify(feats)
+        acts, logits = _tap_and_logits(model, x, features, tap, with_grads)
         t = _resolve_targets(targets, logits)
         grads = None
         if with_grads:
