@@ -175,3 +175,17 @@ def test_grid_size_grows_linearly_and_stays_small() -> None:
     image[:, :, :, 256:] = torch.tensor([255.0, 100.0, 30.0]).view(1, 3, 1, 1)
     grid = _Bilateral(image, p.appearance_sxy, p.appearance_srgb)
     assert grid.shape == bilateral_grid_shape(512, 512, 60.0, 10.0, (255.0, 100.0, 30.0))
+
+
+def test_blocked_splat_and_blur_equal_one_block() -> None:
+    # Small cells and a tiny block: several row bands per image and several blur blocks.
+    gen = torch.Generator().manual_seed(3)
+    images = torch.stack([_scene(40, seed)[0][0] for seed in (0, 1)]).float()
+    values = torch.rand(2, 2, 40, 40, generator=gen)
+    blocked = _Bilateral(images, 4.0, 20.0, block_cells=1)
+    whole = _Bilateral(images, 4.0, 20.0, block_cells=1 << 40)
+    assert len(blocked.bands) == 2 * (blocked.shape[0] - 1) and len(whole.bands) == 2
+    torch.testing.assert_close(blocked(values), whole(values), rtol=1e-5, atol=1e-5)
+    # The blocks cover every pixel once: a constant image filters to the grid's response.
+    ones = torch.ones(2, 1, 40, 40)
+    assert (blocked(ones) - whole(ones)).abs().max() < 1e-4

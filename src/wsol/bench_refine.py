@@ -30,14 +30,17 @@ def time_dense_crf(
     repeats: int = 5,
     params: DenseCRFParams | None = None,
     device: str = "cpu",
-) -> dict[int, dict[str, float]]:
-    """Median seconds of one ``dense_crf`` call on one ``size x size`` tile per size.
+) -> dict[int, dict]:
+    """Time one ``dense_crf`` call on one ``size x size`` tile per size.
 
     The tile is a mosaic of the given uint8 images ``[N, 3, s, s]``, the map a smooth
-    blob, so the colour content (and so the bilateral grid) is realistic.
+    blob, so the colour content (and so the bilateral grid) is realistic. Each round times
+    every size once, so ``ratio_to_previous`` (the median over rounds of this size's time
+    over the previous size's) is not skewed by a slow phase of a shared machine.
     """
     params = params or DenseCRFParams()
-    out = {}
+    sizes = sorted(sizes)
+    inputs = {}
     for size in sizes:
         side = images.shape[-1]
         reps = -(-size // side)
@@ -49,18 +52,32 @@ def time_dense_crf(
         yy, xx = torch.meshgrid(
             torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij"
         )
-        heat = torch.exp(-(yy**2 + xx**2) * 3)[None].to(device)
-        dense_crf(heat, tile, params)  # warm-up
-        runs = []
-        for _ in range(repeats):
+        inputs[size] = (torch.exp(-(yy**2 + xx**2) * 3)[None].to(device), tile)
+        dense_crf(*inputs[size], params)  # warm-up
+    runs: dict[int, list[float]] = {size: [] for size in sizes}
+    for _ in range(repeats):
+        for size in sizes:
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            dense_crf(heat, tile, params)
+            dense_crf(*inputs[size], params)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
-            runs.append(time.perf_counter() - start)
-        out[size] = {"median_s": statistics.median(runs), "runs": runs, "pixels": size * size}
+            runs[size].append(time.perf_counter() - start)
+    out: dict[int, dict] = {}
+    for i, size in enumerate(sizes):
+        median = statistics.median(runs[size])
+        out[size] = {
+            "median_s": median,
+            "runs": runs[size],
+            "pixels": size * size,
+            "ns_per_pixel": median / (size * size) * 1e9,
+        }
+        if i:
+            prev = sizes[i - 1]
+            ratios = [a / b for a, b in zip(runs[size], runs[prev], strict=True)]
+            out[size]["ratio_to_previous"] = statistics.median(ratios)
+            out[size]["pixel_ratio_to_previous"] = (size / prev) ** 2
     return out
 
 
@@ -89,10 +106,6 @@ def bench_dense_crf(
         log(f"{key}: " + ", ".join(f"{m} Dice {r['dice_fg']:.1f}" for m, r in rows[key].items()))
     images = torch.cat([b.images for b in test.batches(64, model.config.input_size)][:1])
     timing = time_dense_crf(images, sizes, repeats, params, device)
-    base = timing[min(timing)]
-    for t in timing.values():
-        t["ratio_to_smallest"] = t["median_s"] / base["median_s"]
-        t["pixel_ratio"] = t["pixels"] / base["pixels"]
     return {
         "data": str(data),
         "checkpoint": str(checkpoint),
@@ -116,11 +129,17 @@ def markdown_tables(report: dict) -> str:
             f"| {m} | {plain[m]['pxap']:.1f} | {crf[m]['pxap']:.1f} "
             f"| {plain[m]['dice_fg']:.1f} | {crf[m]['dice_fg']:.1f} |"
         )
-    lines += ["", "| tile | median time | time ratio | pixel ratio |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "| tile | median time | ns per pixel | time / previous size | pixels / previous size |",
+        "|---|---|---|---|---|",
+    ]
     for size, t in report["timing"].items():
+        ratio = f"{t['ratio_to_previous']:.2f}×" if "ratio_to_previous" in t else ""
+        pixels = f"{t['pixel_ratio_to_previous']:.0f}×" if ratio else ""
         lines.append(
-            f"| {size}² | {t['median_s'] * 1000:.0f} ms | {t['ratio_to_smallest']:.2f}× "
-            f"| {t['pixel_ratio']:.0f}× |"
+            f"| {size}² | {t['median_s'] * 1000:.0f} ms | {t['ns_per_pixel']:.0f} "
+            f"| {ratio} | {pixels} |"
         )
     return "\n".join(lines)
 
