@@ -451,3 +451,20 @@ def test_create_model_multilabel_with_kernel_usage(tmp_path: Path) -> None:
     model = wsol.load_model(out)
     assert model.config.multilabel and model.config.kernel_usage == 2.0
     assert model.config.output_stride == 16
+
+
+def test_create_model_pixel_head_on_a_finer_tap(tmp_path: Path) -> None:
+    out = tmp_path / "tap.safetensors"
+    args = ["create-model", str(out), "--backbone", "resnet10t", "--input-size", "64"]
+    assert main([*args, "--pixel-tap", "-3"]) == 0
+    model = wsol.load_model(out)
+    assert model.config.pixel_tap == -3
+    features = model.forward_features(torch.zeros(1, 3, 64, 64))
+    assert features[-3].shape[-1] == 8  # stride 8, where the default tap is stride 32
+    assert model.pixel_logits(features, (64, 64)).shape == (1, 2, 64, 64)
+    assert main([*args, "--pixel-tap", "-9"]) == 2
+
+
+@pytest.mark.parametrize("seeds", ["fcam", "nope"])
+def test_bench_quality_refuses_a_map_that_cannot_seed_fcam(tmp_path: Path, seeds: str) -> None:
+    assert main(["bench", "quality", str(tmp_path), "--fcam-seeds", seeds]) == 2

@@ -25,6 +25,7 @@ VARIANTS = {
     "crf5": {"crf_weight": 5.0},
     "crf5_bg50": {"crf_weight": 5.0, "bg_fraction": 0.5},
     "pixseeds": {"cam_method": "pixelcam"},
+    "crf5_bg50_pixseeds": {"crf_weight": 5.0, "bg_fraction": 0.5, "cam_method": "pixelcam"},
 }
 
 

@@ -33,11 +33,17 @@ def bench_quality(
     classifier: TrainConfig | None = None,
     pixelcam: TrainConfig | None = None,
     fcam: TrainConfig | None = None,
+    refit: TrainConfig | None = None,
     seed: int = 0,
+    pixel_tap: int = -1,
     checkpoint: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Train the three stages on ``data/train`` and evaluate on ``data/test``."""
+    """Train the three stages on ``data/train`` and evaluate on ``data/test``.
+
+    ``refit``, if given, is a fourth, ``heads`` stage run last (e.g. the PixelCAM head
+    refitted on seeds from the trained F-CAM, encoder frozen).
+    """
     data = Path(data)
     classifier = classifier or TrainConfig(epochs=12, batch_size=32, lr=1e-3, seed=seed)
     pixelcam = pixelcam or TrainConfig(
@@ -54,12 +60,17 @@ def bench_quality(
         crf_weight=5.0,
     )
     torch.manual_seed(seed)
-    model = create_model(backbone, 2, class_names=["normal", "lesion"], input_size=size)
+    model = create_model(
+        backbone, 2, class_names=["normal", "lesion"], input_size=size, pixel_tap=pixel_tap
+    )
     train_data = TrainData.from_dataset(WSOLDataset(data / "train", model.config.class_names), size)
     test = WSOLDataset(data / "test", model.config.class_names)
     timings = {}
     history = {}
-    for stage, config in (("classifier", classifier), ("pixelcam", pixelcam), ("fcam", fcam)):
+    stages = [("classifier", classifier), ("pixelcam", pixelcam), ("fcam", fcam)]
+    if refit is not None:
+        stages.append(("heads", refit))
+    for stage, config in stages:
         start = time.perf_counter()
 
         def progress(p, stage=stage, start=start) -> None:
@@ -99,6 +110,7 @@ def bench_quality(
     return {
         "data": str(data),
         "backbone": backbone,
+        "pixel_tap": pixel_tap,
         "size": size,
         "train_tiles": len(train_data),
         "test_tiles": len(test),
@@ -110,6 +122,7 @@ def bench_quality(
             "classifier": asdict(classifier),
             "pixelcam": asdict(pixelcam),
             "fcam": asdict(fcam),
+            **({"heads": asdict(refit)} if refit is not None else {}),
         },
         "history": history,
         "seconds": timings,

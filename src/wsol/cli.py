@@ -209,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output-stride", type=int, choices=[8, 16], help="dilate for finer CAMs")
     p.add_argument(
+        "--pixel-tap",
+        type=int,
+        default=-1,
+        help="encoder feature map of the PixelCAM head (-1: deepest, -3: stride 8 on ResNets)",
+    )
+    p.add_argument(
         "--decoder-channels",
         default="256,128,64,32,16",
         help="F-CAM decoder widths, deepest first (comma-separated)",
@@ -236,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
         nargs=3,
         default=(12, 4, 8),
         metavar=("CLASSIFIER", "PIXELCAM", "FCAM"),
+    )
+    b.add_argument("--pixel-tap", type=int, default=-1, help="feature map of the PixelCAM head")
+    b.add_argument(
+        "--fcam-seeds",
+        default="gradcampp",
+        help="map the F-CAM stage samples its seeds from (a CAM method, or pixelcam)",
+    )
+    b.add_argument(
+        "--pixelcam-refit",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="then refit the PixelCAM head on F-CAM seeds for STEPS steps (0: off)",
     )
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--checkpoint", type=Path, help="also save the trained model here")
@@ -627,6 +646,7 @@ def _create_model(args: argparse.Namespace) -> int:
         multilabel=args.multilabel,
         kernel_usage=args.kernel_usage,
         output_stride=args.output_stride,
+        pixel_tap=args.pixel_tap,
     )
     model.save(args.out)
     print(model.summary())
@@ -666,6 +686,8 @@ def _bench_quality(args: argparse.Namespace) -> int:
     from wsol.bench_quality import bench_quality, markdown_table
     from wsol.train import TrainConfig
 
+    if args.fcam_seeds not in _methods("all") or args.fcam_seeds == "fcam":
+        raise InputError(f"--fcam-seeds {args.fcam_seeds!r}: not a CAM method or pixelcam")
     e_cls, e_pix, e_fcam = args.epochs
     report = bench_quality(
         args.data,
@@ -674,9 +696,27 @@ def _bench_quality(args: argparse.Namespace) -> int:
         classifier=TrainConfig(epochs=e_cls, batch_size=32, lr=1e-3, seed=args.seed),
         pixelcam=TrainConfig(epochs=e_pix, batch_size=32, lr=1e-4, seed=args.seed),
         fcam=TrainConfig(
-            epochs=e_fcam, batch_size=32, lr=1e-3, seed=args.seed, bg_fraction=0.5, crf_weight=5.0
+            epochs=e_fcam,
+            batch_size=32,
+            lr=1e-3,
+            seed=args.seed,
+            bg_fraction=0.5,
+            crf_weight=5.0,
+            cam_method=args.fcam_seeds,
         ),
+        refit=TrainConfig(
+            steps=args.pixelcam_refit,
+            batch_size=32,
+            lr=1e-3,
+            seed=args.seed,
+            heads=("pixelcam",),
+            cam_method="fcam",
+            bg_fraction=0.5,
+        )
+        if args.pixelcam_refit > 0
+        else None,
         seed=args.seed,
+        pixel_tap=args.pixel_tap,
         checkpoint=args.checkpoint,
         log=_log,
     )

@@ -11,6 +11,7 @@ from torch import nn
 
 from wsol.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from wsol.encoder import build_encoder, feature_info
+from wsol.errors import InputError
 from wsol.heads import ClassifierHead, PixelHead, UNetDecoder
 
 
@@ -44,6 +45,11 @@ class WSOLModel(nn.Module):
         self.feature_reductions = reductions
         self.classifier = ClassifierHead(channels[-1], config.num_classes, config.kernel_usage)
         self.decoder = UNetDecoder(channels, reductions, config.decoder_channels, out_channels=2)
+        if not -len(channels) <= config.pixel_tap < len(channels):
+            raise InputError(
+                f"pixel_tap {config.pixel_tap} is not one of {config.backbone}'s "
+                f"{len(channels)} feature maps (use -{len(channels)}..{len(channels) - 1})"
+            )
         pixel_in = channels[config.pixel_tap]
         self.pixel_head = PixelHead(pixel_in, config.pixel_classes, config.pixel_hidden)
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
