@@ -468,3 +468,22 @@ def test_create_model_pixel_head_on_a_finer_tap(tmp_path: Path) -> None:
 @pytest.mark.parametrize("seeds", ["fcam", "nope"])
 def test_bench_quality_refuses_a_map_that_cannot_seed_fcam(tmp_path: Path, seeds: str) -> None:
     assert main(["bench", "quality", str(tmp_path), "--fcam-seeds", seeds]) == 2
+
+
+def test_train_heads_refits_only_the_named_head(tmp_path: Path, capsys) -> None:
+    data = make_dataset(tmp_path / "ds", n=6, size=64)
+    start = wsol.create_model(
+        "resnet10t", 2, class_names=["normal", "lesion"], input_size=64, pixel_tap=-3
+    )
+    ckpt = start.save(tmp_path / "start.safetensors")
+    out = tmp_path / "refit.safetensors"
+    args = ["train", str(data), "--stage", "heads", "--checkpoint", str(ckpt), "--out", str(out)]
+    args += ["--steps", "3", "--batch-size", "4", "--cam-method", "fcam"]
+    assert main([*args, "--heads", "pixelcam"]) == 0
+    refit = wsol.load_model(out)
+    assert refit.config.pixel_tap == -3
+    assert torch.equal(refit.decoder.segmentation.weight, start.decoder.segmentation.weight)
+    assert not torch.equal(refit.pixel_head.net.weight, start.pixel_head.net.weight)
+    bad = [a if a != str(out) else str(tmp_path / "bad.safetensors") for a in args]
+    assert main([*bad, "--heads", "nope"]) == 2
+    assert "heads must be fcam and/or pixelcam" in capsys.readouterr().err

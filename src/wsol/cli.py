@@ -136,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, help="image size (default: the model's input size)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps", type=int, help="optimizer steps of the heads stage")
+    p.add_argument(
+        "--heads",
+        default="fcam,pixelcam",
+        help="heads stage: which heads to fine-tune (fcam, pixelcam or both, comma-separated)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--cam-method", default="gradcampp", help="CAM the seeds come from")
@@ -549,6 +554,7 @@ def _train(args: argparse.Namespace) -> int:
         guide_method=args.guide_method,
         guide_weight=args.guide_weight,
         kernel_usage=args.kernel_usage,
+        heads=tuple(h.strip() for h in args.heads.split(",") if h.strip()),
     )
     stop = []
     previous = signal.signal(signal.SIGINT, lambda *_: stop.append(True))
