@@ -22,6 +22,7 @@ from wsol.region import (
     effective_labels,
     flip_component,
 )
+from wsol.session import FINE_TUNE
 
 PSEUDO_LAYER = "pseudo-labels"
 CORRECTIONS_LAYER = "corrections"
@@ -200,6 +201,7 @@ class LabelsMixin:
 
     def _tune_changed(self) -> None:
         self.session.state.fine_tune = {
+            **self.session.state.fine_tune,
             "heads": list(self.heads.value),
             "steps": int(self.steps.value),
             "lr": float(self.lr.value),
@@ -221,11 +223,14 @@ class LabelsMixin:
             return
         self._save_corrections()
         corrections = np.minimum(np.asarray(self.viewer.layers[CORRECTIONS_LAYER].data), 2)
+        tune = {**FINE_TUNE, **self.session.state.fine_tune}
         config = TrainConfig(
             steps=int(self.steps.value),
             batch_size=1,
             heads=heads,
             lr=float(self.lr.value),
+            keep_weight=float(tune["keep_weight"]),
+            heads_crop=int(tune["crop"]),
             cam_method=self.seed_method.value,
             bg_fraction=float(self.bg_fraction.value),
             erode=int(self.erode.value),

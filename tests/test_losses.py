@@ -11,6 +11,7 @@ from wsol.losses import (
     BarrierSchedule,
     crf_loss,
     extended_log_barrier,
+    keep_loss,
     partial_cross_entropy,
     size_loss,
 )
@@ -118,3 +119,24 @@ def test_barrier_schedule() -> None:
     schedule = BarrierSchedule()
     assert schedule(0) == 1.0 and schedule(1) == pytest.approx(1.01)
     assert schedule(10_000) == 10.0
+
+
+def test_keep_loss_is_the_kl_from_the_earlier_prediction_on_kept_pixels() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 2, 5, 6, generator=g, dtype=torch.float64)
+    previous = torch.softmax(torch.randn(2, 2, 5, 6, generator=g, dtype=torch.float64), 1)
+    mask = torch.rand(2, 5, 6, generator=g) < 0.6
+    q = torch.softmax(logits, 1)
+    kl = (previous * (previous / q).log()).sum(1)
+    assert torch.allclose(keep_loss(logits, previous, mask), kl[mask].mean())
+    assert torch.allclose(keep_loss(logits, previous), kl.mean())
+    # Pixels outside the mask do not count, whatever the head says there.
+    moved = logits.clone()
+    moved[:, 1][~mask] += 10.0
+    assert torch.allclose(keep_loss(moved, previous, mask), keep_loss(logits, previous, mask))
+    # Where the head still says what it said before: zero, and nothing pulls.
+    same = previous.log().clone().requires_grad_(True)
+    value = keep_loss(same, previous, mask)
+    value.backward()
+    assert abs(value.item()) < 1e-12 and same.grad.abs().max().item() < 1e-12
+    assert gradcheck(lambda x: keep_loss(x, previous, mask), (logits.clone().requires_grad_(),))

@@ -119,8 +119,15 @@ def test_heads_stage_learns_from_the_users_corrections() -> None:
             torch.ones(len(images), dtype=torch.long),
             corrections if with_corrections else None,
         )
+        # keep_weight 0: an untrained decoder's map holds nothing worth keeping.
         config = TrainConfig(
-            steps=30, batch_size=4, lr=3e-3, heads=("fcam",), cam_method="cam", seeds_per_class=0
+            steps=30,
+            batch_size=4,
+            lr=3e-3,
+            heads=("fcam",),
+            cam_method="cam",
+            seeds_per_class=0,
+            keep_weight=0.0,
         )
         train(model, train_data, "heads", config)
         with torch.no_grad():
@@ -131,6 +138,37 @@ def test_heads_stage_learns_from_the_users_corrections() -> None:
     assert lesion > 0.7 and tissue < 0.35, (lesion, tissue)  # generalized past the strokes
     lesion0, tissue0 = fg_probability(False)
     assert lesion0 - tissue0 < 0.5 * (lesion - tissue)  # without strokes it does not
+
+
+def test_heads_stage_keeps_batchnorm_statistics_and_what_nobody_painted() -> None:
+    data, _ = _toy(n=4)
+    images = data.images[data.labels == 1]
+    corrections = torch.full((len(images), 64, 64), IGNORE)
+    corrections[:, 10:14, 10:14] = BG  # one small background stroke per image
+    far = torch.ones(64, 64, dtype=torch.bool)
+    far[:30, :30] = False  # pixels well away from the strokes
+
+    def round_(keep_weight: float) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        model = _model()
+        with torch.no_grad():
+            before = torch.softmax(model.forward_heads(model.normalize(images)).fcam, 1)[:, 1]
+        config = TrainConfig(
+            steps=20, batch_size=2, lr=3e-3, heads=("fcam",), seeds_per_class=0,
+            keep_weight=keep_weight,
+        )  # fmt: skip
+        train(model, TrainData(images, torch.ones(len(images), dtype=torch.long), corrections),
+              "heads", config)  # fmt: skip
+        with torch.no_grad():
+            after = torch.softmax(model.forward_heads(model.normalize(images)).fcam, 1)[:, 1]
+        return before, after, [b.clone() for b in model.decoder.buffers()]
+
+    before, kept, buffers = round_(3.0)
+    assert _same(buffers, [b.clone() for b in _model().decoder.buffers()])  # BN stats as trained
+    _, loose, _ = round_(0.0)
+    assert float(kept[:, 10:14, 10:14].mean()) < float(before[:, 10:14, 10:14].mean()) - 0.05
+    drift_kept = float((kept - before)[:, far].abs().mean())
+    drift_loose = float((loose - before)[:, far].abs().mean())
+    assert drift_kept < 0.5 * drift_loose, (drift_kept, drift_loose)
 
 
 def test_same_seed_same_weights_other_seed_other_weights() -> None:

@@ -37,6 +37,7 @@ def main() -> None:
             heads=("pixelcam",),
             cam_method="fcam",
             bg_fraction=0.5,
+            keep_weight=0.0,
         )
         start = time.perf_counter()
         torch.manual_seed(0)

@@ -5,6 +5,10 @@ pathologist corrects at once in napari. Each round: threshold the head's map at 
 find the largest connected regions where it disagrees with the ground truth, paint one
 disk (the true label) at the deepest point of each of the K largest, fine-tune the heads
 on the region (stage ``heads``, encoder features cached), and measure Dice again.
+
+The fine-tuning is what the app's "Fine-tune heads" button runs with its defaults:
+seeds from the head's own map, every stroke so far in the loss, and the head held to
+its earlier map wherever nothing is painted (``keep_weight``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from scipy import ndimage
 from wsol.checkpoint import load_model
 from wsol.data import WSOLDataset
 from wsol.pseudo import BG, FG, IGNORE
+from wsol.session import FINE_TUNE
 from wsol.train import TrainConfig, TrainData, train
 
 
@@ -72,13 +77,21 @@ def bench_corrections(
     rounds: int = 3,
     strokes_per_round: int = 10,
     radius: int = 4,
-    regions: int = 3,
+    regions: int = 6,
     heads: tuple[str, ...] = ("fcam",),
-    steps: int = 15,
-    lr: float = 3e-4,
+    steps: int = FINE_TUNE["steps"],
+    lr: float = FINE_TUNE["lr"],
+    seed_method: str | None = None,
+    keep_weight: float = FINE_TUNE["keep_weight"],
+    crop: int = FINE_TUNE["crop"],
     log=print,
 ) -> dict:
+    """Dice of each region after each round, and the time of each round.
+
+    ``seed_method`` None seeds from the corrected head's own map.
+    """
     base = load_model(checkpoint)
+    seed_method = seed_method or heads[0]
     size = base.config.input_size
     test = WSOLDataset(Path(data) / "test", base.config.class_names)
     results = []
@@ -95,12 +108,16 @@ def bench_corrections(
                 corrections[torch.from_numpy((yy - y) ** 2 + (xx - x) ** 2 <= radius**2)] = label
             data_ = TrainData(image[None], torch.tensor([1]), corrections[None])
             start = time.perf_counter()
-            train(
-                model,
-                data_,
-                "heads",
-                TrainConfig(steps=steps, batch_size=1, heads=heads, lr=lr, cam_method="gradcampp"),
+            config = TrainConfig(
+                steps=steps,
+                batch_size=1,
+                heads=heads,
+                lr=lr,
+                cam_method=seed_method,
+                keep_weight=keep_weight,
+                heads_crop=crop,
             )
+            train(model, data_, "heads", config)
             times.append(time.perf_counter() - start)
             pred = _predict(model, image, head)
             scores.append(dice(pred, truth))
@@ -126,6 +143,9 @@ def bench_corrections(
             "heads": list(heads),
             "steps": steps,
             "lr": lr,
+            "seed_method": seed_method,
+            "keep_weight": keep_weight,
+            "crop": crop,
             "region": list(image.shape[-2:]),
         },
     }

@@ -25,6 +25,26 @@ def partial_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     return F.cross_entropy(logits, labels, ignore_index=IGNORE)
 
 
+def keep_loss(
+    logits: torch.Tensor, previous: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """KL divergence from a head's earlier prediction, averaged over the masked pixels.
+
+    ``logits [B, C, H, W]``, ``previous [B, C, H, W]`` probabilities (the head before
+    fine-tuning), ``mask [B, H, W]`` bool (pixels to keep; None = all). Fine-tuning on
+    a few strokes otherwise moves the whole map (learning without forgetting, Li and
+    Hoiem 2017): with this term a pixel changes only where the strokes and the
+    pairwise loss give a reason. 0 with zero gradient where nothing changed yet.
+    """
+    log_q = torch.log_softmax(logits, dim=1)
+    p = previous.to(log_q.dtype)
+    kl = (p * (torch.log(p.clamp_min(1e-8)) - log_q)).sum(dim=1)
+    if mask is None:
+        return kl.mean()
+    weight = mask.to(kl.dtype)
+    return (kl * weight).sum() / weight.sum().clamp_min(1.0)
+
+
 def crf_loss(
     probs: torch.Tensor,
     image: torch.Tensor,

@@ -27,6 +27,18 @@ from wsol.atomic import atomic_path
 from wsol.errors import InputError
 from wsol.region import Region
 
+# "Fine-tune heads" defaults, as `wsol bench corrections` measured them
+# (docs/BENCHMARKS.md): 20 steps of 192-px windows at lr 1.5e-4, each head held to
+# its earlier map where nothing is painted. Older session files lack the last two keys.
+FINE_TUNE = {
+    "heads": ["fcam"],
+    "steps": 20,
+    "lr": 1.5e-4,
+    "keep_weight": 3.0,
+    "crop": 192,
+    "guide": False,
+}
+
 SESSION_FILE = "session.json"
 FORMAT = 1
 
@@ -51,15 +63,13 @@ class SessionState:
     edit_region: dict | None = None  # the Region pseudo-labels/corrections are on
     seeder: dict = field(
         default_factory=lambda: {
-            "method": "gradcampp",
+            "method": "fcam",
             "bg_fraction": 0.5,
             "erode": 0,
             "seeds_per_class": 64,
         }
     )
-    fine_tune: dict = field(
-        default_factory=lambda: {"heads": ["fcam"], "steps": 15, "lr": 3e-4, "guide": False}
-    )
+    fine_tune: dict = field(default_factory=lambda: dict(FINE_TUNE))
 
 
 class Session:

@@ -21,7 +21,7 @@ from wsol.atomic import atomic_path
 from wsol.cams import compute_many
 from wsol.errors import InputError, WSOLError
 from wsol.guidance import cam_logits, guidance_loss
-from wsol.losses import BarrierSchedule, crf_loss, partial_cross_entropy, size_loss
+from wsol.losses import BarrierSchedule, crf_loss, keep_loss, partial_cross_entropy, size_loss
 from wsol.model import WSOLModel
 from wsol.pseudo import BG, FG, IGNORE, apply_corrections, sample_seeds
 from wsol.train.augment import apply_dihedral, stain_jitter
@@ -133,6 +133,8 @@ class TrainConfig:
     pixel_weight: float = 1.0
     heads: tuple[str, ...] = ("fcam", "pixelcam")
     heads_crop: int | None = 256  # "heads": train on windows of this size per step
+    keep_weight: float = 3.0  # "heads": hold each head's earlier map where nothing is painted
+    heads_focus: float = 0.75  # "heads": share of windows centred on a painted pixel
     negative_class: int | None = -1  # -1: class 0 of a two-class model, else none
     kernel_usage: float | None = None  # "classifier"/"guided": set Kernel Usage Regularization
     guide_method: str = "cam"  # "guided": the differentiable map the pixel labels act on
@@ -253,6 +255,7 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.maps: torch.Tensor | None = None  # fixed seed maps (fcam, heads)
         self.features: list[torch.Tensor] | None = None  # cached features (heads)
+        self.keep: dict[str, torch.Tensor] = {}  # each head's probabilities before (heads)
 
     def _trainable(self) -> list[torch.nn.Module]:
         m = self.model
@@ -275,6 +278,7 @@ class _Trainer:
         start_epoch = self._resume(checkpoint) if (checkpoint and resume) else 0
         if self.stage == "heads":
             self.features = self._encode_all()
+            self.keep = self._head_probs()
         if self.stage in ("fcam", "heads"):
             self.maps = self._seed_maps()
         if self.stage == "heads":
@@ -355,6 +359,11 @@ class _Trainer:
 
     def _set_modes(self) -> None:
         self.model.eval()  # frozen parts keep their BatchNorm statistics
+        if self.stage == "heads":
+            # The heads keep theirs too: batches of one region's windows would replace
+            # statistics learnt on the whole training set within a few steps and shift
+            # every pixel's prediction, which no stroke asked for (docs/BENCHMARKS.md).
+            return
         for module in self.modules:
             module.train()
 
@@ -405,8 +414,9 @@ class _Trainer:
                 return {"loss": total, "ce": ce, "guide": guide}
             if self.stage == "heads":
                 features = [f[index].to(self.device) for f in self.features]
-                images, maps, corrections, features = self._crop(
-                    images, maps, corrections, features, gen
+                keep = {h: p[index].to(self.device) for h, p in self.keep.items()}
+                images, maps, corrections, features, keep = self._crop(
+                    images, maps, corrections, features, keep, gen
                 )
                 size = (images.shape[-2], images.shape[-1])
             elif self.stage == "fcam":
@@ -447,30 +457,40 @@ class _Trainer:
                     + self.config.crf_weight * losses["crf"]
                     + self.config.size_weight * losses["size"]
                 )
+                if self.stage == "heads" and self.config.keep_weight > 0 and "fcam" in keep:
+                    losses["fcam_keep"] = keep_loss(head, keep["fcam"], _unpainted(corrections))
+                    total = total + self.config.keep_weight * losses["fcam_keep"]
             if self.stage == "pixelcam" or (
                 self.stage == "heads" and "pixelcam" in self.config.heads
             ):
                 head = self.model.pixel_logits(features, size).float()
                 losses["pixel_pce"] = partial_cross_entropy(head, self._pixel_labels(seeds, labels))
                 total = total + self.config.pixel_weight * losses["pixel_pce"]
+                if self.stage == "heads" and self.config.keep_weight > 0 and "pixelcam" in keep:
+                    losses["pixel_keep"] = keep_loss(
+                        head, keep["pixelcam"], _unpainted(corrections)
+                    )
+                    total = total + self.config.keep_weight * losses["pixel_keep"]
         losses["loss"] = total
         return losses
 
-    def _crop(self, images, maps, corrections, features, gen):
+    def _crop(self, images, maps, corrections, features, keep, gen):
         """A random ``heads_crop`` window of the batch, on the encoder's coarsest grid.
 
         The decoder's cost grows with pixels; a window per step keeps a heads round on a
-        large region short while every part of it is seen over the steps. Half of the
-        windows are centred on a corrected pixel, so strokes are learnt quickly.
+        large region short while every part of it is seen over the steps. A share
+        ``heads_focus`` of the windows is centred on a corrected pixel: where nothing is
+        painted the held map leaves little to learn, so most steps go to the strokes.
         """
         crop = self.config.heads_crop
         h, w = images.shape[-2:]
         if not crop or (h <= crop and w <= crop):
-            return images, maps, corrections, features
+            return images, maps, corrections, features, keep
         grid = max(self.model.feature_reductions)
         ch, cw = min(crop, h), min(crop, w)
         painted = None if corrections is None else (corrections != IGNORE).nonzero()
-        if painted is not None and len(painted) and torch.rand((), generator=gen) < 0.5:
+        focus = self.config.heads_focus
+        if painted is not None and len(painted) and torch.rand((), generator=gen) < focus:
             _, py, px = painted[int(torch.randint(len(painted), (), generator=gen))].tolist()
             y0, x0 = py - ch // 2, px - cw // 2
         else:
@@ -487,6 +507,7 @@ class _Trainer:
             maps[window],
             None if corrections is None else corrections[window],
             cropped,
+            {h: p[window] for h, p in keep.items()},
         )
 
     def _image_loss(
@@ -533,6 +554,9 @@ class _Trainer:
     # --- fixed inputs of the head stages -----------------------------------------------
     def _seed_maps(self) -> torch.Tensor:
         """The classifier's CAMs of every image for its label, computed once."""
+        before = self.keep.get(self.config.cam_method)
+        if before is not None and before.shape[1] == 2:
+            return before[:, 1].clone()  # seeds from a head's own map: already computed
         maps = []
         for start in range(0, len(self.data), 32):
             images = self.data.images[start : start + 32]
@@ -548,6 +572,25 @@ class _Trainer:
                 .cpu()
             )
         return torch.cat(maps)
+
+    @torch.no_grad()
+    def _head_probs(self) -> dict[str, torch.Tensor]:
+        """Probabilities of each fine-tuned head on every image before the round."""
+        if self.config.keep_weight <= 0 and self.config.cam_method not in self.config.heads:
+            return {}
+        self.model.eval()
+        size = (self.data.images.shape[-2], self.data.images.shape[-1])
+        out: dict[str, list[torch.Tensor]] = {h: [] for h in self.config.heads}
+        for start in range(0, len(self.data), 16):
+            feats = [f[start : start + 16].to(self.device) for f in self.features]
+            for h in self.config.heads:
+                logits = (
+                    self.model.fcam_logits(feats, size)
+                    if h == "fcam"
+                    else self.model.pixel_logits(feats, size)
+                )
+                out[h].append(torch.softmax(logits.float(), dim=1).cpu())
+        return {h: torch.cat(parts) for h, parts in out.items()}
 
     @torch.no_grad()
     def _encode_all(self) -> list[torch.Tensor]:
@@ -597,6 +640,10 @@ class _Trainer:
         self.model.load_state_dict(saved.state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         return int(state["epoch"])
+
+
+def _unpainted(corrections: torch.Tensor | None) -> torch.Tensor | None:
+    return None if corrections is None else corrections == IGNORE
 
 
 def _read_labels(path: Path) -> np.ndarray:
