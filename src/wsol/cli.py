@@ -828,7 +828,7 @@ def _bench_guided(args: argparse.Namespace) -> int:
             seed=args.seed,
             heads_crop=None,
             bg_fraction=0.5,
-            keep_weight=0.0,  # as measured before the keep term (docs/BENCHMARKS.md)
+            keep_weight=0.0,  # whole masks on a few tiles: no strokes to balance
             crf_weight=5.0,
         ),
         seed=args.seed,
