@@ -470,6 +470,19 @@ def test_bench_quality_refuses_a_map_that_cannot_seed_fcam(tmp_path: Path, seeds
     assert main(["bench", "quality", str(tmp_path), "--fcam-seeds", seeds]) == 2
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("--seeds", "nope", "not a method"), ("--keep", "-1", "must be >= 0"),
+     ("--focus", "1.5", "between 0 and 1")],
+)  # fmt: skip
+def test_bench_corrections_refuses_bad_settings(
+    tmp_path: Path, capsys, option: str, value: str, message: str
+) -> None:
+    args = ["bench", "corrections", str(tmp_path), "--checkpoint", str(tmp_path / "m.st")]
+    assert main([*args, option, value]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_train_heads_refits_only_the_named_head(tmp_path: Path, capsys) -> None:
     data = make_dataset(tmp_path / "ds", n=6, size=64)
     start = wsol.create_model(

@@ -84,6 +84,7 @@ def bench_corrections(
     seed_method: str | None = None,
     keep_weight: float = FINE_TUNE["keep_weight"],
     crop: int = FINE_TUNE["crop"],
+    focus: float = TrainConfig.heads_focus,
     log=print,
 ) -> dict:
     """Dice of each region after each round, and the time of each round.
@@ -116,6 +117,7 @@ def bench_corrections(
                 cam_method=seed_method,
                 keep_weight=keep_weight,
                 heads_crop=crop,
+                heads_focus=focus,
             )
             train(model, data_, "heads", config)
             times.append(time.perf_counter() - start)
@@ -146,6 +148,7 @@ def bench_corrections(
             "seed_method": seed_method,
             "keep_weight": keep_weight,
             "crop": crop,
+            "focus": focus,
             "region": list(image.shape[-2:]),
         },
     }

@@ -283,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep", type=float, help="weight holding the earlier map where nothing is painted"
     )
     b.add_argument("--seeds", help="map the seeds come from (default: the corrected head's)")
+    b.add_argument("--focus", type=float, help="share of fine-tuning windows on strokes")
     b.add_argument("--json", type=Path, help="write the report here")
     b = bench.add_parser("multilabel", help="MinMax-CAM vs the CAM family on two lesion types")
     b.add_argument("data", type=Path, help="a make-benchmark --multilabel folder")
@@ -758,7 +759,17 @@ def _bench_corrections(args: argparse.Namespace) -> int:
 
     if args.seeds is not None and args.seeds not in _methods("all"):
         raise InputError(f"--seeds {args.seeds!r}: not a method")
-    chosen = {"steps": args.steps, "lr": args.lr, "crop": args.crop, "keep_weight": args.keep}
+    if args.keep is not None and args.keep < 0:
+        raise InputError(f"--keep {args.keep}: must be >= 0")
+    if args.focus is not None and not 0 <= args.focus <= 1:
+        raise InputError(f"--focus {args.focus}: must be between 0 and 1")
+    chosen = {
+        "steps": args.steps,
+        "lr": args.lr,
+        "crop": args.crop,
+        "keep_weight": args.keep,
+        "focus": args.focus,
+    }
     report = bench_corrections(
         args.data,
         args.checkpoint,
