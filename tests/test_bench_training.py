@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsol.bench_corrections import dice, strokes
+from wsol.bench_corrections import dice, stroke_fit, strokes
 from wsol.benchmark_data import BenchmarkSpec, make_benchmark
 from wsol.cli import main
-from wsol.pseudo import BG, FG
+from wsol.pseudo import BG, FG, IGNORE
 from wsol.samples import sample_path
 
 
@@ -34,6 +34,17 @@ def test_dice() -> None:
     a[:2] = True
     assert dice(a, a) == 100.0 and dice(a, ~a) == 0.0
     assert dice(np.zeros_like(a), np.zeros_like(a)) == 100.0
+
+
+def test_stroke_fit_counts_the_painted_pixels_the_mask_agrees_with() -> None:
+    corrections = np.full((4, 4), IGNORE)
+    corrections[0, :4] = FG
+    pred = np.zeros((4, 4), bool)
+    pred[0, :3] = True  # three of the four foreground pixels honoured
+    assert stroke_fit(pred, corrections) == {"fg": 0.75, "bg": None}
+    corrections[3, :2] = BG
+    pred[3, 0] = True  # one of the two background pixels overruled
+    assert stroke_fit(pred, corrections) == {"fg": 0.75, "bg": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +109,6 @@ def test_bench_quality_and_corrections_from_the_command_line(
     data = json.loads(corrections.read_text())
     assert len(data["mean_dice"]) == 3 and len(data["regions"][0]["round_seconds"]) == 2
     assert data["settings"]["region"] == [128, 128]
+    honoured = data["regions"][0]["strokes_honoured"]
+    assert len(honoured) == 2 and set(honoured[0]) == {"fg", "bg"}
+    assert all(v is None or 0.0 <= v <= 1.0 for r in honoured for v in r.values())

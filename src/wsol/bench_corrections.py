@@ -77,7 +77,7 @@ def bench_corrections(
     rounds: int = 3,
     strokes_per_round: int = 10,
     radius: int = 4,
-    regions: int = 6,
+    regions: int = 12,
     heads: tuple[str, ...] = ("fcam",),
     steps: int = FINE_TUNE["steps"],
     lr: float = FINE_TUNE["lr"],
@@ -103,7 +103,7 @@ def bench_corrections(
         yy, xx = np.mgrid[0 : truth.shape[0], 0 : truth.shape[1]]
         head = heads[0]
         pred = _predict(model, image, head)
-        scores, times = [dice(pred, truth)], []
+        scores, times, honoured = [dice(pred, truth)], [], []
         for _ in range(rounds):
             for y, x, label in strokes(pred, truth, strokes_per_round, radius):
                 corrections[torch.from_numpy((yy - y) ** 2 + (xx - x) ** 2 <= radius**2)] = label
@@ -123,19 +123,28 @@ def bench_corrections(
             times.append(time.perf_counter() - start)
             pred = _predict(model, image, head)
             scores.append(dice(pred, truth))
+            honoured.append(stroke_fit(pred, corrections.numpy()))
         log(
             f"region {r}: Dice "
             + " -> ".join(f"{s:.1f}" for s in scores)
             + f"; round {statistics.median(times):.2f} s"
         )
-        results.append({"dice": scores, "round_seconds": times})
+        results.append({"dice": scores, "round_seconds": times, "strokes_honoured": honoured})
     mean = [statistics.mean(res["dice"][i] for res in results) for i in range(rounds + 1)]
+    honoured_mean = {
+        label: [
+            _mean_defined(res["strokes_honoured"][i][label] for res in results)
+            for i in range(rounds)
+        ]
+        for label in ("fg", "bg")
+    }
     all_times = [t for res in results for t in res["round_seconds"]]
     return {
         "checkpoint": str(checkpoint),
         "regions": results,
         "mean_dice": mean,
         "gain": mean[-1] - mean[0],
+        "strokes_honoured": honoured_mean,
         "median_round_seconds": statistics.median(all_times),
         "max_round_seconds": max(all_times),
         "settings": {
@@ -152,6 +161,23 @@ def bench_corrections(
             "region": list(image.shape[-2:]),
         },
     }
+
+
+def stroke_fit(pred: np.ndarray, corrections: np.ndarray) -> dict[str, float | None]:
+    """Share of the painted foreground / background pixels the mask now agrees with.
+
+    None for a class nobody has painted yet.
+    """
+    out: dict[str, float | None] = {}
+    for name, label, want in (("fg", FG, True), ("bg", BG, False)):
+        painted = corrections == label
+        out[name] = float((pred[painted] == want).mean()) if painted.any() else None
+    return out
+
+
+def _mean_defined(values) -> float | None:
+    defined = [v for v in values if v is not None]
+    return statistics.mean(defined) if defined else None
 
 
 @torch.no_grad()

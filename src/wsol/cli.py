@@ -275,7 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--checkpoint", type=Path, required=True, help="a trained model")
     b.add_argument("--rounds", type=int, default=3)
     b.add_argument("--strokes", type=int, default=10, help="strokes per round")
-    b.add_argument("--regions", type=int, default=6, help="4x4-tile regions to correct")
+    b.add_argument(
+        "--regions",
+        type=int,
+        default=12,
+        help="4x4-tile regions to correct (at most the test split)",
+    )
     b.add_argument("--steps", type=int, help="fine-tuning steps per round (default: the app's)")
     b.add_argument("--lr", type=float, help="fine-tuning learning rate (default: the app's)")
     b.add_argument("--crop", type=int, help="fine-tuning window side (default: the app's)")
@@ -782,6 +787,11 @@ def _bench_corrections(args: argparse.Namespace) -> int:
     )
     dice = " -> ".join(f"{d:.1f}" for d in report["mean_dice"])
     print(f"mean Dice by round: {dice} ({report['gain']:+.1f} points)")
+    for label, name in (("fg", "foreground"), ("bg", "background")):
+        shares = " / ".join(
+            "-" if v is None else f"{100 * v:.0f}%" for v in report["strokes_honoured"][label]
+        )
+        print(f"{name} stroke pixels the mask agrees with, by round: {shares}")
     print(
         f"round time: median {report['median_round_seconds']:.2f} s, "
         f"max {report['max_round_seconds']:.2f} s"
