@@ -119,7 +119,7 @@ def test_unknown_method_is_an_argparse_error(capsys) -> None:
     assert "unknown method(s) gradkam" in capsys.readouterr().err
 
 
-def test_eval_writes_per_method_metrics(tmp_path: Path, checkpoint: Path) -> None:
+def test_eval_writes_per_method_metrics(tmp_path: Path, checkpoint: Path, capsys) -> None:
     data = make_dataset(tmp_path / "data", n=6, size=48)
     out = tmp_path / "metrics.json"
     code = main(
@@ -139,6 +139,9 @@ def test_eval_writes_per_method_metrics(tmp_path: Path, checkpoint: Path) -> Non
         ]
     )
     assert code == 0
+    # Not a terminal: whole progress lines a log can keep, not carriage returns.
+    err = capsys.readouterr().err
+    assert "\r" not in err and "wsol eval: 6/6 images\n" in err
     report = json.loads(out.read_text())
     assert report["num_images"] == 6 and report["num_masks"] == 6
     assert 0 <= report["accuracy"] <= 100

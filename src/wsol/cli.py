@@ -432,9 +432,7 @@ def _eval(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint)
     dataset = WSOLDataset(args.dataset, model.config.class_names, model.config.multilabel)
 
-    def progress(done: int, total: int) -> None:
-        print(f"\r{done}/{total} images", end="", file=sys.stderr, flush=True)
-
+    progress = _progress_printer("wsol eval", "images")
     refine = _dense_crf(args)
     report = evaluate(
         model,
@@ -448,7 +446,8 @@ def _eval(args: argparse.Namespace) -> int:
         curves=not args.no_curves,
         refine=refine,
     )
-    print(file=sys.stderr)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)  # end the updating line
     report["checkpoint"] = str(args.checkpoint)
     report["dataset"] = str(args.dataset)
     print(format_report(report))
@@ -512,19 +511,19 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_printer(name: str):
+def _progress_printer(name: str, unit: str = "tiles"):
     """Progress on one updating line in a terminal, every 10% in a log file."""
     interactive = sys.stderr.isatty()
     shown = [-1]
 
     def progress(done: int, total: int) -> None:
         if interactive:
-            print(f"\r{name}: {done}/{total} tiles", end="", file=sys.stderr, flush=True)
+            print(f"\r{name}: {done}/{total} {unit}", end="", file=sys.stderr, flush=True)
             return
         decile = 10 * done // max(total, 1)
         if decile > shown[0]:
             shown[0] = decile
-            print(f"{name}: {done}/{total} tiles", file=sys.stderr, flush=True)
+            print(f"{name}: {done}/{total} {unit}", file=sys.stderr, flush=True)
 
     return progress
 
