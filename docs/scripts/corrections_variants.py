@@ -17,6 +17,8 @@ Variants:
 - ``freeze-deep``: the deepest decoder block frozen.
 - ``two-windows``: each step adds a random window to the window on a stroke, so the
   keep term sees more of the region (about 1.45x the time).
+- ``l2sp-L``: an L2 pull of the heads' weights towards their round-start values
+  (L2-SP, weight L / 2; ``l2sp-1``), which unlike the keep term acts on the whole region.
 - ``stroke-term``: a class-balanced partial CE on the stroke pixels alone, added to the
   usual one (foreground and background strokes weigh the same however many are painted).
 
@@ -158,6 +160,26 @@ def _stroke_term():
         yield
 
 
+@contextlib.contextmanager
+def _l2sp(weight: float):
+    init, step = loop._Trainer.__init__, loop._Trainer._step
+
+    def remember(self, model, data, stage, config):
+        init(self, model, data, stage, config)
+        self._start = [p.detach().clone() for p in self.params]
+
+    def pulled(self, index, epoch, gen):
+        losses = step(self, index, epoch, gen)
+        if self.stage == "heads":
+            sp = sum(((p - p0) ** 2).sum() for p, p0 in zip(self.params, self._start, strict=True))
+            losses["l2sp"] = sp
+            losses["loss"] = losses["loss"] + weight / 2 * sp
+        return losses
+
+    with _patched(loop._Trainer, "__init__", remember), _patched(loop._Trainer, "_step", pulled):
+        yield
+
+
 def _variant(name: str):
     if name == "base":
         return contextlib.nullcontext(), {}
@@ -173,6 +195,8 @@ def _variant(name: str):
         return _optimizer(_freeze_deep), {}
     if name == "two-windows":
         return _two_windows(), {}
+    if name.startswith("l2sp-"):
+        return _l2sp(float(name.split("-", 1)[1])), {}
     if name == "stroke-term":
         return _stroke_term(), {}
     raise SystemExit(f"unknown variant {name!r}")
