@@ -22,7 +22,6 @@ from wsol.region import (
     effective_labels,
     flip_component,
 )
-from wsol.session import FINE_TUNE
 
 PSEUDO_LAYER = "pseudo-labels"
 CORRECTIONS_LAYER = "corrections"
@@ -223,7 +222,7 @@ class LabelsMixin:
             return
         self._save_corrections()
         corrections = np.minimum(np.asarray(self.viewer.layers[CORRECTIONS_LAYER].data), 2)
-        tune = {**FINE_TUNE, **self.session.state.fine_tune}
+        tune = self.session.state.fine_tune
         config = TrainConfig(
             steps=int(self.steps.value),
             batch_size=1,

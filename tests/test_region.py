@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from wsol.region import (
     pseudo_labels,
     tiles_in_box,
 )
-from wsol.session import Session
+from wsol.session import FINE_TUNE, Session
 from wsol.slide import ImageSlide
 
 
@@ -94,3 +95,14 @@ def test_session_round_trip_and_labels(tmp_path: Path) -> None:
     (tmp_path / "bad" / "session.json").write_text("{not json")
     with pytest.raises(InputError, match="unreadable session file"):
         Session.load(tmp_path / "bad")
+
+
+def test_an_older_session_file_gets_the_new_fine_tune_defaults(tmp_path: Path) -> None:
+    folder = tmp_path / "old"
+    folder.mkdir()
+    # Written before keep_weight and crop existed; its own choices stay.
+    state = {"fine_tune": {"heads": ["pixelcam"], "steps": 15, "lr": 3e-4, "guide": False}}
+    (folder / "session.json").write_text(json.dumps({"format": 1, "state": state}))
+    tune = Session.load(folder).state.fine_tune
+    assert tune["heads"] == ["pixelcam"] and tune["steps"] == 15 and tune["lr"] == 3e-4
+    assert tune["keep_weight"] == FINE_TUNE["keep_weight"] and tune["crop"] == FINE_TUNE["crop"]

@@ -71,6 +71,10 @@ class SessionState:
     )
     fine_tune: dict = field(default_factory=lambda: dict(FINE_TUNE))
 
+    def __post_init__(self) -> None:
+        # Session files written before a setting existed lack its key.
+        self.fine_tune = {**FINE_TUNE, **self.fine_tune}
+
 
 class Session:
     """A session folder and its state; see the module docstring for the layout."""

@@ -412,13 +412,16 @@ class _Trainer:
                     guide = guidance_loss(pixel.float(), corrections)
                 total = ce + self.config.guide_weight * guide
                 return {"loss": total, "ce": ce, "guide": guide}
+            keep, unpainted = {}, None  # "heads": each head's map held where nothing is painted
             if self.stage == "heads":
                 features = [f[index].to(self.device) for f in self.features]
-                keep = {h: p[index].to(self.device) for h, p in self.keep.items()}
+                held = self.keep if self.config.keep_weight > 0 else {}
+                keep = {h: p[index].to(self.device) for h, p in held.items()}
                 images, maps, corrections, features, keep = self._crop(
                     images, maps, corrections, features, keep, gen
                 )
                 size = (images.shape[-2], images.shape[-1])
+                unpainted = None if corrections is None else corrections == IGNORE
             elif self.stage == "fcam":
                 with torch.no_grad():
                     features = self.model.forward_features(x)
@@ -457,8 +460,8 @@ class _Trainer:
                     + self.config.crf_weight * losses["crf"]
                     + self.config.size_weight * losses["size"]
                 )
-                if self.stage == "heads" and self.config.keep_weight > 0 and "fcam" in keep:
-                    losses["fcam_keep"] = keep_loss(head, keep["fcam"], _unpainted(corrections))
+                if "fcam" in keep:
+                    losses["fcam_keep"] = keep_loss(head, keep["fcam"], unpainted)
                     total = total + self.config.keep_weight * losses["fcam_keep"]
             if self.stage == "pixelcam" or (
                 self.stage == "heads" and "pixelcam" in self.config.heads
@@ -466,10 +469,8 @@ class _Trainer:
                 head = self.model.pixel_logits(features, size).float()
                 losses["pixel_pce"] = partial_cross_entropy(head, self._pixel_labels(seeds, labels))
                 total = total + self.config.pixel_weight * losses["pixel_pce"]
-                if self.stage == "heads" and self.config.keep_weight > 0 and "pixelcam" in keep:
-                    losses["pixel_keep"] = keep_loss(
-                        head, keep["pixelcam"], _unpainted(corrections)
-                    )
+                if "pixelcam" in keep:
+                    losses["pixel_keep"] = keep_loss(head, keep["pixelcam"], unpainted)
                     total = total + self.config.keep_weight * losses["pixel_keep"]
         losses["loss"] = total
         return losses
@@ -640,10 +641,6 @@ class _Trainer:
         self.model.load_state_dict(saved.state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         return int(state["epoch"])
-
-
-def _unpainted(corrections: torch.Tensor | None) -> torch.Tensor | None:
-    return None if corrections is None else corrections == IGNORE
 
 
 def _read_labels(path: Path) -> np.ndarray:
