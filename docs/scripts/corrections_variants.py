@@ -19,9 +19,12 @@ Variants:
   keep term sees more of the region (about 1.45x the time).
 - ``l2sp-L``: an L2 pull of the heads' weights towards their round-start values
   (L2-SP, weight L / 2; ``l2sp-1``), which unlike the keep term acts on the whole region.
+- ``layer4``: the encoder's last stage trains with the decoder (from cached layer3
+  features; the classifier's CAMs then change too).
 - ``stroke-term``: a class-balanced partial CE on the stroke pixels alone, added to the
   usual one (foreground and background strokes weigh the same however many are painted).
 
+``--steps N`` changes the steps per round for every variant run.
 Round times are only comparable between runs made alone on an idle machine.
 """
 
@@ -180,6 +183,33 @@ def _l2sp(weight: float):
         yield
 
 
+@contextlib.contextmanager
+def _layer4():
+    init, crop = loop._Trainer.__init__, loop._Trainer._crop
+
+    def trainable(self, model, data, stage, config):
+        init(self, model, data, stage, config)
+        if stage == "heads":
+            extra = list(model.encoder.layer4.parameters())
+            for p in extra:
+                p.requires_grad_(True)
+            self.params = self.params + extra
+            self.optimizer = torch.optim.AdamW(
+                self.params, lr=config.lr, weight_decay=config.weight_decay
+            )
+
+    def recomputed(self, images, maps, corrections, features, keep, gen):
+        out = list(crop(self, images, maps, corrections, features, keep, gen))
+        out[3] = [*out[3][:-1], self.model.encoder.layer4(out[3][-2])]
+        return tuple(out)
+
+    with (
+        _patched(loop._Trainer, "__init__", trainable),
+        _patched(loop._Trainer, "_crop", recomputed),
+    ):
+        yield
+
+
 def _variant(name: str):
     if name == "base":
         return contextlib.nullcontext(), {}
@@ -197,6 +227,8 @@ def _variant(name: str):
         return _two_windows(), {}
     if name.startswith("l2sp-"):
         return _l2sp(float(name.split("-", 1)[1])), {}
+    if name == "layer4":
+        return _layer4(), {}
     if name == "stroke-term":
         return _stroke_term(), {}
     raise SystemExit(f"unknown variant {name!r}")
@@ -208,19 +240,22 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("variants", nargs="+")
     parser.add_argument("--regions", type=int, default=12)
+    parser.add_argument("--steps", type=int, help="steps per round (default: the app's)")
     args = parser.parse_args()
     for name in args.variants:
         patch, settings = _variant(name)
         with patch, _patched(bc, "TrainConfig", functools.partial(TrainConfig, **settings)):
+            steps = {} if args.steps is None else {"steps": args.steps}
             report = bc.bench_corrections(
-                args.data, args.checkpoint, regions=args.regions, log=lambda *a: None
+                args.data, args.checkpoint, regions=args.regions, log=lambda *a: None, **steps
             )
         honoured = {
             k: " / ".join("-" if v is None else f"{100 * v:.0f}%" for v in values)
             for k, values in report["strokes_honoured"].items()
         }
         print(
-            f"{name}: Dice " + " -> ".join(f"{d:.1f}" for d in report["mean_dice"]),
+            f"{name}{'' if args.steps is None else f' ({args.steps} steps)'}: Dice "
+            + " -> ".join(f"{d:.1f}" for d in report["mean_dice"]),
             f"(gain {report['gain']:+.1f}); strokes honoured fg {honoured['fg']}, "
             f"bg {honoured['bg']}; round {report['median_round_seconds']:.2f} s median, "
             f"{report['max_round_seconds']:.2f} s max",
