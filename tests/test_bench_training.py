@@ -100,6 +100,8 @@ def test_bench_quality_and_corrections_from_the_command_line(
                 "1",
                 "--steps",
                 "3",
+                "--repeats",
+                "2",
                 "--json",
                 str(corrections),
             ]
@@ -107,8 +109,14 @@ def test_bench_quality_and_corrections_from_the_command_line(
         == 0
     )
     data = json.loads(corrections.read_text())
-    assert len(data["mean_dice"]) == 3 and len(data["regions"][0]["round_seconds"]) == 2
+    assert len(data["mean_dice"]) == 3
+    assert [run["seed"] for run in data["runs"]] == [0, 1]
+    assert len(data["runs"][1]["regions"][0]["round_seconds"]) == 2
+    # The headline is the mean over the seeds, not one seed's figure.
+    gains = data["gain_by_seed"]
+    assert data["gain"] == pytest.approx(sum(gains) / 2)
+    assert data["mean_dice"][0] == pytest.approx(data["runs"][0]["mean_dice"][0])
     assert data["settings"]["region"] == [128, 128]
-    honoured = data["regions"][0]["strokes_honoured"]
+    honoured = data["runs"][0]["regions"][0]["strokes_honoured"]
     assert len(honoured) == 2 and set(honoured[0]) == {"fg", "bg"}
     assert all(v is None or 0.0 <= v <= 1.0 for r in honoured for v in r.values())

@@ -281,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=12,
         help="4x4-tile regions to correct (at most the test split)",
     )
+    b.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="run with fine-tuning seeds 0..N-1 and report the mean",
+    )
     b.add_argument("--steps", type=int, help="fine-tuning steps per round (default: the app's)")
     b.add_argument("--lr", type=float, help="fine-tuning learning rate (default: the app's)")
     b.add_argument("--crop", type=int, help="fine-tuning window side (default: the app's)")
@@ -767,6 +773,8 @@ def _bench_corrections(args: argparse.Namespace) -> int:
         raise InputError(f"--keep {args.keep}: must be >= 0")
     if args.focus is not None and not 0 <= args.focus <= 1:
         raise InputError(f"--focus {args.focus}: must be between 0 and 1")
+    if args.repeats < 1:
+        raise InputError(f"--repeats {args.repeats}: must be >= 1")
     chosen = {
         "steps": args.steps,
         "lr": args.lr,
@@ -780,12 +788,14 @@ def _bench_corrections(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         strokes_per_round=args.strokes,
         regions=args.regions,
+        repeats=args.repeats,
         seed_method=args.seeds,
         log=_log,
         **{k: v for k, v in chosen.items() if v is not None},
     )
     dice = " -> ".join(f"{d:.1f}" for d in report["mean_dice"])
-    print(f"mean Dice by round: {dice} ({report['gain']:+.1f} points)")
+    by_seed = ", ".join(f"{g:+.1f}" for g in report["gain_by_seed"])
+    print(f"mean Dice by round: {dice} ({report['gain']:+.1f} points; by seed {by_seed})")
     for label, name in (("fg", "foreground"), ("bg", "background")):
         shares = " / ".join(
             "-" if v is None else f"{100 * v:.0f}%" for v in report["strokes_honoured"][label]

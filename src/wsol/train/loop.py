@@ -489,11 +489,9 @@ class _Trainer:
             return images, maps, corrections, features, keep
         grid = max(self.model.feature_reductions)
         ch, cw = min(crop, h), min(crop, w)
-        painted = None if corrections is None else (corrections != IGNORE).nonzero()
-        focus = self.config.heads_focus
-        if painted is not None and len(painted) and torch.rand((), generator=gen) < focus:
-            _, py, px = painted[int(torch.randint(len(painted), (), generator=gen))].tolist()
-            y0, x0 = py - ch // 2, px - cw // 2
+        centre = self._focus_centre(corrections, keep, gen)
+        if centre is not None:
+            y0, x0 = centre[0] - ch // 2, centre[1] - cw // 2
         else:
             y0 = int(torch.randint(0, h - ch + 1, (), generator=gen))
             x0 = int(torch.randint(0, w - cw + 1, (), generator=gen))
@@ -510,6 +508,16 @@ class _Trainer:
             cropped,
             {h: p[window] for h, p in keep.items()},
         )
+
+    def _focus_centre(self, corrections, keep, gen) -> tuple[int, int] | None:
+        """A painted pixel for a share ``heads_focus`` of the windows; None: a random one."""
+        painted = None if corrections is None else (corrections != IGNORE).nonzero()
+        if painted is None or not len(painted):
+            return None
+        if torch.rand((), generator=gen) >= self.config.heads_focus:
+            return None
+        _, py, px = painted[int(torch.randint(len(painted), (), generator=gen))].tolist()
+        return py, px
 
     def _image_loss(
         self, logits: torch.Tensor, index: torch.Tensor, labels: torch.Tensor
