@@ -173,7 +173,7 @@ def bench_corrections(
 def _correct_region(
     base: torch.nn.Module, image: torch.Tensor, truth: np.ndarray, seed: int, settings: dict
 ) -> dict:
-    """Three (``rounds``) rounds of strokes and fine-tuning on one region, from ``base``."""
+    """``rounds`` rounds of strokes and fine-tuning on one region, on a copy of ``base``."""
     model = copy.deepcopy(base)
     corrections = torch.full(truth.shape, IGNORE, dtype=torch.long)
     yy, xx = np.mgrid[0 : truth.shape[0], 0 : truth.shape[1]]
