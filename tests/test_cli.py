@@ -476,7 +476,8 @@ def test_bench_quality_refuses_a_map_that_cannot_seed_fcam(tmp_path: Path, seeds
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [("--seeds", "nope", "not a method"), ("--keep", "-1", "must be >= 0"),
-     ("--focus", "1.5", "between 0 and 1"), ("--repeats", "0", "must be >= 1")],
+     ("--focus", "1.5", "between 0 and 1"), ("--repeats", "0", "must be >= 1"),
+     ("--regions", "0", "must be >= 1")],
 )  # fmt: skip
 def test_bench_corrections_refuses_bad_settings(
     tmp_path: Path, capsys, option: str, value: str, message: str
@@ -484,6 +485,16 @@ def test_bench_corrections_refuses_bad_settings(
     args = ["bench", "corrections", str(tmp_path), "--checkpoint", str(tmp_path / "m.st")]
     assert main([*args, option, value]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_corrections_names_a_test_split_too_small_for_a_region(
+    tmp_path: Path, checkpoint: Path, capsys
+) -> None:
+    make_dataset(tmp_path / "bench" / "test", n=6, size=64)
+    args = ["bench", "corrections", str(tmp_path / "bench"), "--checkpoint", str(checkpoint)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "bench" / "test") in err and "needs 16 test images" in err
 
 
 def test_train_heads_refits_only_the_named_head(tmp_path: Path, capsys) -> None:

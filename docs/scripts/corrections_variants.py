@@ -47,7 +47,8 @@ tell a mask that is uniformly too large or too small from one that is wrong in p
 each variant with fine-tuning seeds 0..N-1 and reports the mean (default 1: seed 0
 alone, which is how the variant rows in docs/BENCHMARKS.md were run; the seed alone
 moves a 12-region gain by about two points).
-Round times are only comparable between runs made alone on an idle machine.
+Round times are only comparable between runs made alone on an idle machine. Dice is
+exact for a given seed and thread count (``OMP_NUM_THREADS``).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ import torch
 from scipy import ndimage
 
 import wsol.bench_corrections as bc
-from wsol.losses import partial_cross_entropy
+from wsol.losses import keep_loss, partial_cross_entropy
 from wsol.pseudo import BG, FG, IGNORE, apply_corrections
 from wsol.train import TrainConfig, loop
 
@@ -92,10 +93,13 @@ def _patched(owner, name: str, value):
 
 
 def _keep_near(radius: float):
-    def unpainted(corrections):
-        return None if corrections is None else (_distance(corrections) / radius).clamp(0, 1)
+    def faded(logits, previous, unpainted=None):
+        if unpainted is not None:
+            painted = torch.where(unpainted, IGNORE, 0)
+            unpainted = (_distance(painted) / radius).clamp(0, 1)
+        return keep_loss(logits, previous, unpainted)
 
-    return _patched(loop, "_unpainted", unpainted)
+    return _patched(loop, "keep_loss", faded)
 
 
 def _seeds_near(radius: float):
@@ -227,7 +231,7 @@ def _average_last(n: int):
 
 @contextlib.contextmanager
 def _cycle_strokes():
-    def in_turn(self, corrections, keep, gen):
+    def in_turn(self, corrections, gen):
         painted = None if corrections is None else (corrections != IGNORE).any(0)
         if painted is None or not painted.any():
             return None
@@ -247,17 +251,25 @@ def _cycle_strokes():
 
 @contextlib.contextmanager
 def _focus_wrong():
-    centre = loop._Trainer._focus_centre
+    crop, centre = loop._Trainer._crop, loop._Trainer._focus_centre
 
-    def wrong_first(self, corrections, keep, gen):
-        if corrections is None or "fcam" not in keep:
-            return centre(self, corrections, keep, gen)
-        wrong = (corrections != IGNORE) & (keep["fcam"].argmax(1) != corrections)
+    def holding(self, images, maps, corrections, features, keep, gen):
+        self._held = keep.get("fcam")  # the round-start map of this step's images
+        return crop(self, images, maps, corrections, features, keep, gen)
+
+    def wrong_first(self, corrections, gen):
+        held = getattr(self, "_held", None)
+        if corrections is None or held is None:
+            return centre(self, corrections, gen)
+        wrong = (corrections != IGNORE) & (held.argmax(1) != corrections)
         if not wrong.any():
-            return centre(self, corrections, keep, gen)
-        return centre(self, torch.where(wrong, corrections, IGNORE), keep, gen)
+            return centre(self, corrections, gen)
+        return centre(self, torch.where(wrong, corrections, IGNORE), gen)
 
-    with _patched(loop._Trainer, "_focus_centre", wrong_first):
+    with (
+        _patched(loop._Trainer, "_crop", holding),
+        _patched(loop._Trainer, "_focus_centre", wrong_first),
+    ):
         yield
 
 

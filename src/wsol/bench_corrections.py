@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from wsol.checkpoint import load_model
 from wsol.data import WSOLDataset
+from wsol.errors import InputError
 from wsol.pseudo import BG, FG, IGNORE
 from wsol.session import FINE_TUNE
 from wsol.train import TrainConfig, TrainData, train
@@ -96,13 +97,17 @@ def bench_corrections(
     so the headline figures are means over the repeats. ``seed_method`` None seeds from
     the corrected head's own map.
     """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if repeats < 1 or regions < 1:
+        raise ValueError(f"repeats and regions must be >= 1, got {repeats} and {regions}")
     base = load_model(checkpoint)
     seed_method = seed_method or heads[0]
     size = base.config.input_size
     test = WSOLDataset(Path(data) / "test", base.config.class_names)
     chosen = mosaics(test, size, count=regions)
+    if not chosen:
+        raise InputError(
+            f"{Path(data) / 'test'}: a region needs 16 test images, the split has {len(test)}"
+        )
     settings = {
         "rounds": rounds,
         "strokes_per_round": strokes_per_round,
@@ -165,7 +170,7 @@ def bench_corrections(
             **settings,
             "regions": len(chosen),
             "repeats": repeats,
-            "region": list(chosen[0][0].shape[-2:]) if chosen else None,
+            "region": list(chosen[0][0].shape[-2:]),
         },
     }
 

@@ -775,6 +775,8 @@ def _bench_corrections(args: argparse.Namespace) -> int:
         raise InputError(f"--focus {args.focus}: must be between 0 and 1")
     if args.repeats < 1:
         raise InputError(f"--repeats {args.repeats}: must be >= 1")
+    if args.regions < 1:
+        raise InputError(f"--regions {args.regions}: must be >= 1")
     chosen = {
         "steps": args.steps,
         "lr": args.lr,

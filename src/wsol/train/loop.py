@@ -489,7 +489,7 @@ class _Trainer:
             return images, maps, corrections, features, keep
         grid = max(self.model.feature_reductions)
         ch, cw = min(crop, h), min(crop, w)
-        centre = self._focus_centre(corrections, keep, gen)
+        centre = self._focus_centre(corrections, gen)
         if centre is not None:
             y0, x0 = centre[0] - ch // 2, centre[1] - cw // 2
         else:
@@ -509,7 +509,7 @@ class _Trainer:
             {h: p[window] for h, p in keep.items()},
         )
 
-    def _focus_centre(self, corrections, keep, gen) -> tuple[int, int] | None:
+    def _focus_centre(self, corrections, gen) -> tuple[int, int] | None:
         """A painted pixel for a share ``heads_focus`` of the windows; None: a random one."""
         painted = None if corrections is None else (corrections != IGNORE).nonzero()
         if painted is None or not len(painted):
