@@ -38,10 +38,18 @@ Variants:
   from the start of the round still gets wrong (all painted pixels when none is).
 - ``stroke-term``: a class-balanced partial CE on the stroke pixels alone, added to the
   usual one (foreground and background strokes weigh the same however many are painted).
+- ``windows-B-C``: each step trains on B windows of C px instead of one of the app's size
+  (``windows-4-96`` covers as many pixels as one 192-px window), each centred as usual.
+- ``set-FIELD=VALUE[,FIELD=VALUE]``: any ``TrainConfig`` field for the round
+  (``set-crf_weight=3.0``, ``set-seeds_per_class=32``).
 
 ``--thresholds`` also prints, by round, the mean Dice at the threshold that is best for
 each region (an oracle: it reads the ground truth) and the mean of those thresholds, to
 tell a mask that is uniformly too large or too small from one that is wrong in places.
+
+``--boundary`` also prints, by round, how the mask's error pixels lie from the true
+lesion border: the share within 2, 4 and 8 px, and the false positive and negative counts
+(means per region).
 
 ``--steps N`` changes the steps per round for every variant run. ``--repeats N`` runs
 each variant with fine-tuning seeds 0..N-1 and reports the mean (default 1: seed 0
@@ -196,6 +204,30 @@ def _two_windows():
         )
 
     with _patched(loop._Trainer, "_batch", two_batch), _patched(loop._Trainer, "_crop", two_crop):
+        yield
+
+
+@contextlib.contextmanager
+def _windows(count: int, size: int):
+    batch, crop = loop._Trainer._batch, loop._Trainer._crop
+
+    def repeated(self, index, gen):
+        images, labels, corrections, maps = batch(self, index, gen)
+        return images, labels.repeat(count), corrections, maps
+
+    def several(self, images, maps, corrections, features, keep, gen):
+        full, self.config.heads_crop = self.config.heads_crop, size
+        parts = [crop(self, images, maps, corrections, features, keep, gen) for _ in range(count)]
+        self.config.heads_crop = full
+        return (
+            torch.cat([p[0] for p in parts]),
+            torch.cat([p[1] for p in parts]),
+            None if corrections is None else torch.cat([p[2] for p in parts]),
+            [torch.cat(level) for level in zip(*(p[3] for p in parts), strict=True)],
+            {h: torch.cat([p[4][h] for p in parts]) for h in parts[0][4]},
+        )
+
+    with _patched(loop._Trainer, "_batch", repeated), _patched(loop._Trainer, "_crop", several):
         yield
 
 
@@ -370,6 +402,38 @@ def _best_thresholds(found: list):
         yield
 
 
+@contextlib.contextmanager
+def _boundary_errors(found: list):
+    """Record (round, errors, within 2 / 4 / 8 px of the true border, FP, FN) per mask."""
+    correct, predict = bc._correct_region, bc._predict
+    state: dict = {}
+
+    def remember(base, image, truth, seed, settings):
+        inside = ndimage.distance_transform_edt(truth)
+        state["truth"], state["round"] = truth, 0
+        state["border"] = np.where(truth, inside, ndimage.distance_transform_edt(~truth))
+        return correct(base, image, truth, seed, settings)
+
+    def scored(model, image, head):
+        pred = predict(model, image, head)
+        truth, border = state["truth"], state["border"]
+        wrong = pred != truth
+        found.append(
+            (
+                state["round"],
+                wrong.sum(),
+                *((wrong & (border <= d)).sum() for d in (2, 4, 8)),
+                (pred & ~truth).sum(),
+                (~pred & truth).sum(),
+            )
+        )
+        state["round"] += 1
+        return pred
+
+    with _patched(bc, "_correct_region", remember), _patched(bc, "_predict", scored):
+        yield
+
+
 def _variant(name: str):
     if name == "base":
         return contextlib.nullcontext(), {}
@@ -391,6 +455,15 @@ def _variant(name: str):
         return _optimizer(_freeze_deep), {}
     if name == "two-windows":
         return _two_windows(), {}
+    if name.startswith("set-"):
+        settings = {}
+        for pair in name[4:].split(","):
+            field, value = pair.split("=")
+            settings[field] = type(getattr(TrainConfig(), field))(value)
+        return contextlib.nullcontext(), settings
+    if name.startswith("windows-"):
+        _, count, size = name.split("-")
+        return _windows(int(count), int(size)), {}
     if name.startswith("l2sp-"):
         return _l2sp(float(name.split("-", 1)[1])), {}
     if name == "layer4":
@@ -419,13 +492,18 @@ def main() -> None:
     parser.add_argument(
         "--thresholds", action="store_true", help="also the best threshold's Dice by round"
     )
+    parser.add_argument(
+        "--boundary", action="store_true", help="also where the errors lie, by round"
+    )
     args = parser.parse_args()
     for name in args.variants:
         patch, settings = _variant(name)
         found: list = []
         oracle = _best_thresholds(found) if args.thresholds else contextlib.nullcontext()
+        errors: list = []
+        border = _boundary_errors(errors) if args.boundary else contextlib.nullcontext()
         config = functools.partial(TrainConfig, **settings)
-        with patch, oracle, _patched(bc, "TrainConfig", config):
+        with patch, oracle, border, _patched(bc, "TrainConfig", config):
             steps = {} if args.steps is None else {"steps": args.steps}
             report = bc.bench_corrections(
                 args.data,
@@ -461,6 +539,17 @@ def main() -> None:
                 + " -> ".join(f"{rows[:, 3].mean():.2f}" for rows in by_round),
                 flush=True,
             )
+        if errors:
+            table = np.array(errors, dtype=float)
+            for r in range(int(table[:, 0].max()) + 1):
+                rows = table[table[:, 0] == r]
+                near = " / ".join(f"{rows[:, i].sum() / rows[:, 1].sum():.0%}" for i in (2, 3, 4))
+                print(
+                    f"  round {r}: {rows[:, 1].mean():.0f} wrong px per region, within "
+                    f"2 / 4 / 8 px of the border {near}; false positive "
+                    f"{rows[:, 5].mean():.0f}, false negative {rows[:, 6].mean():.0f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
