@@ -229,6 +229,7 @@ class LabelsMixin:
             heads=heads,
             lr=float(self.lr.value),
             keep_weight=float(tune["keep_weight"]),
+            keep_fg=float(tune["keep_fg"]),
             heads_crop=int(tune["crop"]),
             cam_method=self.seed_method.value,
             bg_fraction=float(self.bg_fraction.value),

@@ -477,7 +477,7 @@ def test_bench_quality_refuses_a_map_that_cannot_seed_fcam(tmp_path: Path, seeds
     ("option", "value", "message"),
     [("--seeds", "nope", "not a method"), ("--keep", "-1", "must be >= 0"),
      ("--focus", "1.5", "between 0 and 1"), ("--repeats", "0", "must be >= 1"),
-     ("--regions", "0", "must be >= 1")],
+     ("--regions", "0", "must be >= 1"), ("--keep-fg", "-1", "must be >= 0")],
 )  # fmt: skip
 def test_bench_corrections_refuses_bad_settings(
     tmp_path: Path, capsys, option: str, value: str, message: str

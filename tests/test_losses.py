@@ -140,3 +140,29 @@ def test_keep_loss_is_the_kl_from_the_earlier_prediction_on_kept_pixels() -> Non
     value.backward()
     assert abs(value.item()) < 1e-12 and same.grad.abs().max().item() < 1e-12
     assert gradcheck(lambda x: keep_loss(x, previous, mask), (logits.clone().requires_grad_(),))
+
+
+def test_keep_loss_holds_sure_foreground_harder_without_loosening_the_rest() -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 2, 6, 7, generator=g, dtype=torch.float64)
+    previous = torch.softmax(3 * torch.randn(2, 2, 6, 7, generator=g, dtype=torch.float64), 1)
+    mask = torch.rand(2, 6, 7, generator=g) < 0.7
+    sure = previous[:, 1] > 0.9
+    assert (sure & mask).any() and (~sure & mask).any()
+    q = torch.softmax(logits, 1)
+    kl = (previous * (previous / q).log()).sum(1)
+    # Sure-foreground kept pixels count 3 times; the mean is still over the kept pixels.
+    expected = (kl[mask & ~sure].sum() + 3 * kl[mask & sure].sum()) / mask.sum()
+    assert torch.allclose(keep_loss(logits, previous, mask, fg_extra=2.0), expected)
+    assert torch.allclose(keep_loss(logits, previous, mask, fg_extra=0.0), kl[mask].mean())
+    # A change on an unsure pixel costs what it cost without the extra hold.
+    moved = logits.clone()
+    moved[:, 1][mask & ~sure] += 1.0
+    with_extra = keep_loss(moved, previous, mask, fg_extra=2.0) - keep_loss(
+        logits, previous, mask, fg_extra=2.0
+    )
+    without = keep_loss(moved, previous, mask) - keep_loss(logits, previous, mask)
+    assert torch.allclose(with_extra, without)
+    assert gradcheck(
+        lambda x: keep_loss(x, previous, mask, fg_extra=2.0), (logits.clone().requires_grad_(),)
+    )

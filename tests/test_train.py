@@ -171,6 +171,35 @@ def test_heads_stage_keeps_batchnorm_statistics_and_what_nobody_painted() -> Non
     assert drift_kept < 0.5 * drift_loose, (drift_kept, drift_loose)
 
 
+def test_heads_stage_holds_sure_foreground_harder_with_keep_fg() -> None:
+    data, _ = _toy(n=4)
+    images = data.images[data.labels == 1]
+    corrections = torch.full((len(images), 64, 64), IGNORE)
+    corrections[:, 10:14, 10:14] = BG  # background strokes on a map sure of foreground
+    far = torch.ones(64, 64, dtype=torch.bool)
+    far[:30, :30] = False
+
+    def drift(keep_fg: float) -> float:
+        model = _model()
+        with torch.no_grad():
+            model.decoder.segmentation.bias.copy_(torch.tensor([-2.5, 2.5]))  # p(fg) > 0.99
+            logits = model.forward_heads(model.normalize(images)).fcam
+        assert bool((torch.softmax(logits, 1)[:, 1] > 0.9).all())
+        before = logits[:, 1] - logits[:, 0]  # log-odds: probabilities this sure barely move
+        config = TrainConfig(
+            steps=20, batch_size=2, lr=3e-3, heads=("fcam",), seeds_per_class=0,
+            keep_weight=1.0, keep_fg=keep_fg,
+        )  # fmt: skip
+        train(model, TrainData(images, torch.ones(len(images), dtype=torch.long), corrections),
+              "heads", config)  # fmt: skip
+        with torch.no_grad():
+            logits = model.forward_heads(model.normalize(images)).fcam
+        return float((before - (logits[:, 1] - logits[:, 0]))[:, far].abs().mean())
+
+    loose, held = drift(0.0), drift(4.0)
+    assert loose > 0.05 and held < 0.7 * loose, (held, loose)
+
+
 def test_same_seed_same_weights_other_seed_other_weights() -> None:
     data, _ = _toy()
     runs = []

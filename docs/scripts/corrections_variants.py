@@ -12,6 +12,9 @@ Variants:
 - ``base``: the app's defaults, unchanged.
 - ``keep-near-R``: the keep term fades to 0 within R px of a stroke (``keep-near-32``).
 - ``seeds-near-R``: no automatic seeds within R px of a stroke.
+- ``keep-sure-A``: the keep term weighs (1 + A)x on pixels either class of the
+  round-start map holds above 0.9, instead of the defaults' extra hold on sure
+  foreground alone (``keep_fg``; ``set-keep_fg=A`` varies that one).
 - ``no-crf``: CRF weight 0.
 - ``fast-last``: 5x the learning rate on the last two decoder blocks and the output.
 - ``freeze-deep``: the deepest decoder block frozen.
@@ -101,13 +104,25 @@ def _patched(owner, name: str, value):
 
 
 def _keep_near(radius: float):
-    def faded(logits, previous, unpainted=None):
+    def faded(logits, previous, unpainted=None, **kwargs):
         if unpainted is not None:
             painted = torch.where(unpainted, IGNORE, 0)
             unpainted = (_distance(painted) / radius).clamp(0, 1)
-        return keep_loss(logits, previous, unpainted)
+        return keep_loss(logits, previous, unpainted, **kwargs)
 
     return _patched(loop, "keep_loss", faded)
+
+
+def _keep_sure(extra: float):
+    def firmer(logits, previous, unpainted=None, **_):
+        held = torch.ones_like(previous[:, 1]) if unpainted is None else unpainted.float()
+        weight = held * (1 + extra * (previous.amax(1) > 0.9).float())
+        log_q = torch.log_softmax(logits, dim=1)
+        p = previous.to(log_q.dtype)
+        kl = (p * (torch.log(p.clamp_min(1e-8)) - log_q)).sum(dim=1)
+        return (kl * weight).sum() / held.sum().clamp_min(1.0)
+
+    return _patched(loop, "keep_loss", firmer)
 
 
 def _seeds_near(radius: float):
@@ -439,6 +454,8 @@ def _variant(name: str):
         return contextlib.nullcontext(), {}
     if name.startswith("keep-near-"):
         return _keep_near(float(name.rsplit("-", 1)[1])), {}
+    if name.startswith("keep-sure-"):
+        return _keep_sure(float(name.rsplit("-", 1)[1])), {}
     if name.startswith("seeds-near-"):
         return _seeds_near(float(name.rsplit("-", 1)[1])), {}
     if name == "no-crf":

@@ -9,7 +9,8 @@ benchmark repeats with several fine-tuning seeds and reports the mean.
 
 The fine-tuning is what the app's "Fine-tune heads" button runs with its defaults:
 seeds from the head's own map, every stroke so far in the loss, and the head held to
-its earlier map wherever nothing is painted (``keep_weight``).
+its earlier map wherever nothing is painted (``keep_weight``), harder where that map is
+sure of foreground (``keep_fg``).
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def bench_corrections(
     lr: float = FINE_TUNE["lr"],
     seed_method: str | None = None,
     keep_weight: float = FINE_TUNE["keep_weight"],
+    keep_fg: float = FINE_TUNE["keep_fg"],
     crop: int = FINE_TUNE["crop"],
     focus: float = TrainConfig.heads_focus,
     log=print,
@@ -117,6 +119,7 @@ def bench_corrections(
         "lr": lr,
         "seed_method": seed_method,
         "keep_weight": keep_weight,
+        "keep_fg": keep_fg,
         "crop": crop,
         "focus": focus,
     }
@@ -192,6 +195,7 @@ def _correct_region(
         lr=settings["lr"],
         cam_method=settings["seed_method"],
         keep_weight=settings["keep_weight"],
+        keep_fg=settings["keep_fg"],
         heads_crop=settings["crop"],
         heads_focus=settings["focus"],
         seed=seed,

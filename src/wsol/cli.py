@@ -147,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=3.0,
         help="heads stage: weight holding each head's earlier map where nothing is painted",
     )
+    p.add_argument(
+        "--keep-fg",
+        type=float,
+        default=2.0,
+        help="heads stage: extra hold where that map is over 0.9 foreground (weight 1 + this)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--cam-method", default="gradcampp", help="CAM the seeds come from")
@@ -293,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--keep", type=float, help="weight holding the earlier map where nothing is painted"
     )
+    b.add_argument("--keep-fg", type=float, help="extra hold where that map is over 0.9 foreground")
     b.add_argument("--seeds", help="map the seeds come from (default: the corrected head's)")
     b.add_argument("--focus", type=float, help="share of fine-tuning windows on strokes")
     b.add_argument("--json", type=Path, help="write the report here")
@@ -578,6 +585,7 @@ def _train(args: argparse.Namespace) -> int:
         kernel_usage=args.kernel_usage,
         heads=tuple(h.strip() for h in args.heads.split(",") if h.strip()),
         keep_weight=args.keep_weight,
+        keep_fg=args.keep_fg,
     )
     stop = []
     previous = signal.signal(signal.SIGINT, lambda *_: stop.append(True))
@@ -771,6 +779,8 @@ def _bench_corrections(args: argparse.Namespace) -> int:
         raise InputError(f"--seeds {args.seeds!r}: not a method")
     if args.keep is not None and args.keep < 0:
         raise InputError(f"--keep {args.keep}: must be >= 0")
+    if args.keep_fg is not None and args.keep_fg < 0:
+        raise InputError(f"--keep-fg {args.keep_fg}: must be >= 0")
     if args.focus is not None and not 0 <= args.focus <= 1:
         raise InputError(f"--focus {args.focus}: must be between 0 and 1")
     if args.repeats < 1:
@@ -782,6 +792,7 @@ def _bench_corrections(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "crop": args.crop,
         "keep_weight": args.keep,
+        "keep_fg": args.keep_fg,
         "focus": args.focus,
     }
     report = bench_corrections(

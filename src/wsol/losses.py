@@ -26,23 +26,36 @@ def partial_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
 
 
 def keep_loss(
-    logits: torch.Tensor, previous: torch.Tensor, mask: torch.Tensor | None = None
+    logits: torch.Tensor,
+    previous: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    fg_extra: float = 0.0,
+    sure: float = 0.9,
 ) -> torch.Tensor:
     """KL divergence from a head's earlier prediction, averaged over the masked pixels.
 
     ``logits [B, C, H, W]``, ``previous [B, C, H, W]`` probabilities (the head before
-    fine-tuning), ``mask [B, H, W]`` bool (pixels to keep; None = all). Fine-tuning on
-    a few strokes otherwise moves the whole map (learning without forgetting, Li and
-    Hoiem 2017): with this term a pixel changes only where the strokes and the
-    pairwise loss give a reason. 0 with zero gradient where nothing changed yet.
+    fine-tuning; class 0 is background), ``mask [B, H, W]`` bool (pixels to keep;
+    None = all). Fine-tuning on a few strokes otherwise moves the whole map (learning
+    without forgetting, Li and Hoiem 2017): with this term a pixel changes only where
+    the strokes and the pairwise loss give a reason. 0 with zero gradient where nothing
+    changed yet.
+
+    Pixels the earlier map calls foreground with probability above ``sure`` count
+    ``1 + fg_extra`` times. The mean stays over the kept pixels, so the extra weight
+    holds lesion interiors harder without loosening the rest. Background strokes sit on
+    false-positive rims next to true lesions, and without it they also pull the lesion
+    border in (docs/BENCHMARKS.md, "Where the errors are").
     """
     log_q = torch.log_softmax(logits, dim=1)
     p = previous.to(log_q.dtype)
     kl = (p * (torch.log(p.clamp_min(1e-8)) - log_q)).sum(dim=1)
-    if mask is None:
-        return kl.mean()
-    weight = mask.to(kl.dtype)
-    return (kl * weight).sum() / weight.sum().clamp_min(1.0)
+    kept = torch.ones_like(kl) if mask is None else mask.to(kl.dtype)
+    weight = kept
+    if fg_extra:
+        weight = kept * (1 + fg_extra * (1 - p[:, 0] > sure).to(kl.dtype))
+    return (kl * weight).sum() / kept.sum().clamp_min(1.0)
 
 
 def crf_loss(

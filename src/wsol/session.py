@@ -35,6 +35,7 @@ FINE_TUNE = {
     "steps": 20,
     "lr": 1.5e-4,
     "keep_weight": 3.0,
+    "keep_fg": 2.0,
     "crop": 192,
     "guide": False,
 }

@@ -134,6 +134,7 @@ class TrainConfig:
     heads: tuple[str, ...] = ("fcam", "pixelcam")
     heads_crop: int | None = 256  # "heads": train on windows of this size per step
     keep_weight: float = 3.0  # "heads": hold each head's earlier map where nothing is painted
+    keep_fg: float = 2.0  # "heads": extra hold where that map is > 0.9 foreground
     heads_focus: float = 0.75  # "heads": share of windows centred on a painted pixel
     negative_class: int | None = -1  # -1: class 0 of a two-class model, else none
     kernel_usage: float | None = None  # "classifier"/"guided": set Kernel Usage Regularization
@@ -461,7 +462,9 @@ class _Trainer:
                     + self.config.size_weight * losses["size"]
                 )
                 if "fcam" in keep:
-                    losses["fcam_keep"] = keep_loss(head, keep["fcam"], unpainted)
+                    losses["fcam_keep"] = keep_loss(
+                        head, keep["fcam"], unpainted, fg_extra=self.config.keep_fg
+                    )
                     total = total + self.config.keep_weight * losses["fcam_keep"]
             if self.stage == "pixelcam" or (
                 self.stage == "heads" and "pixelcam" in self.config.heads
@@ -470,7 +473,9 @@ class _Trainer:
                 losses["pixel_pce"] = partial_cross_entropy(head, self._pixel_labels(seeds, labels))
                 total = total + self.config.pixel_weight * losses["pixel_pce"]
                 if "pixelcam" in keep:
-                    losses["pixel_keep"] = keep_loss(head, keep["pixelcam"], unpainted)
+                    losses["pixel_keep"] = keep_loss(
+                        head, keep["pixelcam"], unpainted, fg_extra=self.config.keep_fg
+                    )
                     total = total + self.config.keep_weight * losses["pixel_keep"]
         losses["loss"] = total
         return losses
