@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import math
 
 import numpy as np
@@ -519,7 +518,11 @@ def main() -> None:
         oracle = _best_thresholds(found) if args.thresholds else contextlib.nullcontext()
         errors: list = []
         border = _boundary_errors(errors) if args.boundary else contextlib.nullcontext()
-        config = functools.partial(TrainConfig, **settings)
+
+        # The variant's settings win over those the benchmark passes (steps, lr, keep_fg...).
+        def config(settings=settings, **given):
+            return TrainConfig(**{**given, **settings})
+
         with patch, oracle, border, _patched(bc, "TrainConfig", config):
             steps = {} if args.steps is None else {"steps": args.steps}
             report = bc.bench_corrections(
