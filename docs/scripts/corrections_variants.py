@@ -196,6 +196,18 @@ def _freeze_deep(self, model, config) -> None:
     self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def _stacked(parts: list[tuple]) -> tuple:
+    """Several ``_crop`` results as one batch."""
+    images, maps, corrections, features, keep = zip(*parts, strict=True)
+    return (
+        torch.cat(images),
+        torch.cat(maps),
+        None if corrections[0] is None else torch.cat(corrections),
+        [torch.cat(level) for level in zip(*features, strict=True)],
+        {h: torch.cat([k[h] for k in keep]) for h in keep[0]},
+    )
+
+
 @contextlib.contextmanager
 def _two_windows():
     batch, crop = loop._Trainer._batch, loop._Trainer._crop
@@ -209,13 +221,7 @@ def _two_windows():
         focus, self.config.heads_focus = self.config.heads_focus, 0.0
         b = crop(self, images, maps, corrections, features, keep, gen)
         self.config.heads_focus = focus
-        return (
-            torch.cat([a[0], b[0]]),
-            torch.cat([a[1], b[1]]),
-            None if a[2] is None else torch.cat([a[2], b[2]]),
-            [torch.cat(pair) for pair in zip(a[3], b[3], strict=True)],
-            {h: torch.cat([a[4][h], b[4][h]]) for h in a[4]},
-        )
+        return _stacked([a, b])
 
     with _patched(loop._Trainer, "_batch", two_batch), _patched(loop._Trainer, "_crop", two_crop):
         yield
@@ -233,13 +239,7 @@ def _windows(count: int, size: int):
         full, self.config.heads_crop = self.config.heads_crop, size
         parts = [crop(self, images, maps, corrections, features, keep, gen) for _ in range(count)]
         self.config.heads_crop = full
-        return (
-            torch.cat([p[0] for p in parts]),
-            torch.cat([p[1] for p in parts]),
-            None if corrections is None else torch.cat([p[2] for p in parts]),
-            [torch.cat(level) for level in zip(*(p[3] for p in parts), strict=True)],
-            {h: torch.cat([p[4][h] for p in parts]) for h in parts[0][4]},
-        )
+        return _stacked(parts)
 
     with _patched(loop._Trainer, "_batch", repeated), _patched(loop._Trainer, "_crop", several):
         yield
