@@ -13,10 +13,8 @@ from wsol.pseudo import (
     TRIMAP_FG,
     TRIMAP_UNSURE,
     apply_corrections,
-    draw_seeds,
     otsu_threshold,
     sample_seeds,
-    seed_areas,
     seed_regions,
     trimap,
 )
@@ -104,33 +102,6 @@ def test_negative_images_get_background_seeds_only_anywhere() -> None:
     assert (seeds[0] == FG).sum() == 0 and (seeds[0] == BG).sum() == 200
     assert (seeds[0, 10:30, 12:28] == BG).any()  # drawn from the whole image
     assert (seeds[1] == FG).sum() == 200
-
-
-def test_seeds_from_the_whole_images_areas_keep_a_lesion_free_window_background() -> None:
-    maps = _blob_maps(batch=1)
-    window = (..., slice(0, 10), slice(0, 40))  # above the blob: background values only
-    gen = torch.Generator().manual_seed(0)
-    # Otsu of the window alone splits the background's own values into two classes.
-    assert (sample_seeds(maps[window], 20, generator=gen) == FG).sum() == 20
-    fg, bg = seed_areas(maps)
-    seeds = draw_seeds(fg[window], bg[window], 20, generator=gen)
-    assert (seeds == FG).sum() == 0 and (seeds == BG).sum() == 20
-    assert bool((maps[window][seeds == BG] <= maps.flatten().kthvalue(480).values).all())
-
-
-def test_sample_seeds_is_draw_seeds_over_seed_areas() -> None:
-    maps = _blob_maps(batch=2)
-    negatives = torch.tensor([False, True])
-    for mode in ("uniform", "map"):
-        gen = torch.Generator().manual_seed(4)
-        one = sample_seeds(maps, 9, negatives=negatives, fg_sampling=mode, generator=gen)
-        fg, bg = seed_areas(maps, negatives=negatives)
-        gen = torch.Generator().manual_seed(4)
-        two = draw_seeds(fg, bg, 9, maps=maps, fg_sampling=mode, generator=gen)
-        assert torch.equal(one, two)
-    assert not fg[1].any() and bg[1].all()
-    with pytest.raises(ValueError, match="needs the maps"):
-        draw_seeds(fg, bg, 9, fg_sampling="map")
 
 
 def test_trimap_codes() -> None:

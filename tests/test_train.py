@@ -6,9 +6,8 @@ import pytest
 import torch
 
 import wsol
-from wsol.pseudo import BG, FG, IGNORE, otsu_threshold
+from wsol.pseudo import BG, FG, IGNORE
 from wsol.train import TrainConfig, TrainData, TrainingError, train
-from wsol.train.loop import _Trainer
 
 
 def _toy(n: int = 16, size: int = 64, seed: int = 0) -> tuple[TrainData, torch.Tensor]:
@@ -199,36 +198,6 @@ def test_heads_stage_holds_sure_foreground_harder_with_keep_fg() -> None:
 
     loose, held = drift(0.0), drift(4.0)
     assert loose > 0.05 and held < 0.7 * loose, (held, loose)
-
-
-def test_heads_stage_draws_window_seeds_with_the_whole_images_thresholds(monkeypatch) -> None:
-    data, _ = _toy(n=2, size=128)
-    images = data.images[data.labels == 1]
-    gen = torch.Generator().manual_seed(0)
-    cam = torch.rand(1, 128, 128, generator=gen) * 0.3
-    cam[:, :48, :48] += 0.6  # one lesion in a corner: most windows hold none of it
-    otsu = float(otsu_threshold(cam)[0])
-    lowest = float(cam.flatten().kthvalue(round(0.3 * cam.numel())).values)
-    drawn = []
-    real = _Trainer._seeds
-
-    def recording(self, maps, *args):
-        seeds = real(self, maps, *args)
-        drawn.append((maps, seeds))
-        return seeds
-
-    monkeypatch.setattr(_Trainer, "_seed_maps", lambda self: cam.clone())
-    monkeypatch.setattr(_Trainer, "_seeds", recording)
-    config = TrainConfig(
-        steps=12, batch_size=1, heads=("fcam",), heads_crop=64, seeds_per_class=16, seed=1
-    )
-    train(_model(), TrainData(images, torch.ones(1, dtype=torch.long)), "heads", config)
-    assert len(drawn) == 12 and all(maps.shape[-2:] == (64, 64) for maps, _ in drawn)
-    assert sum(int((seeds == FG).sum()) for _, seeds in drawn) >= 16
-    assert sum(int((seeds == BG).sum()) for _, seeds in drawn) >= 16
-    for maps, seeds in drawn:
-        assert bool((maps[seeds == FG] > otsu).all()), "foreground below the image's Otsu"
-        assert bool((maps[seeds == BG] <= lowest + 1e-6).all()), "background above its 30%"
 
 
 def test_same_seed_same_weights_other_seed_other_weights() -> None:

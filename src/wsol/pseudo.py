@@ -136,59 +136,23 @@ def sample_seeds(
     -------
     long Tensor [B, H, W] of :data:`FG`, :data:`BG` and :data:`IGNORE`.
     """
-    fg, bg = seed_areas(maps, bg_fraction, erode, negatives)
-    return draw_seeds(fg, bg, k, maps=maps, fg_sampling=fg_sampling, generator=generator)
-
-
-def seed_areas(
-    maps: torch.Tensor,
-    bg_fraction: float = 0.3,
-    erode: int = 0,
-    negatives: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`seed_regions`, with images known to hold no object all background.
-
-    Thresholds are per image. Compute them on the whole image once when seeds are
-    drawn from parts of it: Otsu on a window with little or no lesion splits the
-    background's own values, and the lowest ``bg_fraction`` of a window inside a lesion
-    is lesion.
-    """
-    fg, bg = seed_regions(maps, bg_fraction, erode)
-    if negatives is not None:
-        neg = negatives.to(maps.device).bool().view(-1, 1, 1)
-        fg = fg & ~neg
-        bg = bg | neg
-    return fg, bg
-
-
-def draw_seeds(
-    fg: torch.Tensor,
-    bg: torch.Tensor,
-    k: int,
-    *,
-    maps: torch.Tensor | None = None,
-    fg_sampling: str = "uniform",
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Up to ``k`` seeds of each class per image from the areas of :func:`seed_areas`.
-
-    ``fg_sampling="map"`` draws foreground with probability proportional to ``maps``.
-    Returns a long Tensor ``[B, H, W]`` of :data:`FG`, :data:`BG` and :data:`IGNORE`.
-    """
     if fg_sampling not in ("uniform", "map"):
         raise ValueError(f"fg_sampling must be 'uniform' or 'map', got {fg_sampling!r}")
-    b = fg.shape[0]
-    fg_weight = fg.reshape(b, -1).float()
+    b = maps.shape[0]
+    fg, bg = seed_regions(maps, bg_fraction, erode)
+    if negatives is not None:
+        neg = negatives.to(maps.device).bool().view(b, 1, 1)
+        fg = fg & ~neg
+        bg = bg | neg
+    fg_weight = fg.reshape(b, -1).to(maps.dtype)
     if fg_sampling == "map":
-        if maps is None:
-            raise ValueError("fg_sampling='map' needs the maps")
-        fg_weight = fg_weight * maps.reshape(b, -1).float().clamp_min(1e-6)
+        fg_weight = fg_weight * maps.reshape(b, -1).clamp_min(1e-6)
     fg_pick = _sample(fg_weight, k, generator)
-    bg_pick = _sample(bg.reshape(b, -1).float(), k, generator)
-    labels = torch.full((b, fg[0].numel()), IGNORE, dtype=torch.long, device=fg.device)
+    bg_pick = _sample(bg.reshape(b, -1).to(maps.dtype), k, generator)
+    labels = torch.full((b, maps[0].numel()), IGNORE, dtype=torch.long, device=maps.device)
     labels[bg_pick] = BG
     labels[fg_pick] = FG
-    return labels.view(fg.shape)
+    return labels.view(maps.shape)
 
 
 def apply_corrections(seeds: torch.Tensor, corrections: torch.Tensor | None) -> torch.Tensor:

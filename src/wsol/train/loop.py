@@ -23,7 +23,7 @@ from wsol.errors import InputError, WSOLError
 from wsol.guidance import cam_logits, guidance_loss
 from wsol.losses import BarrierSchedule, crf_loss, keep_loss, partial_cross_entropy, size_loss
 from wsol.model import WSOLModel
-from wsol.pseudo import BG, FG, IGNORE, apply_corrections, draw_seeds, sample_seeds, seed_areas
+from wsol.pseudo import BG, FG, IGNORE, apply_corrections, sample_seeds
 from wsol.train.augment import apply_dihedral, stain_jitter
 
 STAGES = ("classifier", "fcam", "pixelcam", "heads", "guided")
@@ -194,8 +194,6 @@ def train(
     ``heads``
         Fine-tunes only the heads in ``config.heads`` for ``config.steps`` steps on
         encoder features computed once: what the napari app runs after corrections.
-        Each step trains on a ``heads_crop`` window; the seeds' thresholds (Otsu, lowest
-        ``bg_fraction``) are those of the whole image, not of the window.
     ``guided``
         Encoder + classifier with the image loss on every image plus, on images with
         pixel labels (``data.corrections``), a class-balanced partial BCE imposed on
@@ -259,7 +257,6 @@ class _Trainer:
         self.maps: torch.Tensor | None = None  # fixed seed maps (fcam, heads)
         self.features: list[torch.Tensor] | None = None  # cached features (heads)
         self.keep: dict[str, torch.Tensor] = {}  # each head's probabilities before (heads)
-        self.areas: tuple[torch.Tensor, torch.Tensor] | None = None  # seed fg/bg (heads)
 
     def _trainable(self) -> list[torch.nn.Module]:
         m = self.model
@@ -285,8 +282,6 @@ class _Trainer:
             self.keep = self._head_probs()
         if self.stage in ("fcam", "heads"):
             self.maps = self._seed_maps()
-        if self.stage == "heads":
-            self.areas = self._seed_areas()
         if self.stage == "heads":
             epochs = 1
             steps = config.steps or 15
@@ -419,14 +414,12 @@ class _Trainer:
                 total = ce + self.config.guide_weight * guide
                 return {"loss": total, "ce": ce, "guide": guide}
             keep, unpainted = {}, None  # "heads": each head's map held where nothing is painted
-            areas = None  # "heads": where seeds may be drawn, from each whole image
             if self.stage == "heads":
                 features = [f[index].to(self.device) for f in self.features]
                 held = self.keep if self.config.keep_weight > 0 else {}
                 keep = {h: p[index].to(self.device) for h, p in held.items()}
-                areas = tuple(a[index].to(self.device) for a in self.areas)
-                images, maps, corrections, features, keep, areas = self._crop(
-                    images, maps, corrections, features, keep, areas, gen
+                images, maps, corrections, features, keep = self._crop(
+                    images, maps, corrections, features, keep, gen
                 )
                 size = (images.shape[-2], images.shape[-1])
                 unpainted = None if corrections is None else corrections == IGNORE
@@ -449,7 +442,7 @@ class _Trainer:
                     features=[f.detach() for f in features],
                 ).maps[self.config.cam_method]
                 self._set_modes()  # compute_many leaves the model in eval mode
-            seeds = self._seeds(maps, labels, corrections, gen, areas)
+            seeds = self._seeds(maps, labels, corrections, gen)
             if self.stage == "fcam" or (self.stage == "heads" and "fcam" in self.config.heads):
                 head = self.model.fcam_logits(features, size).float()
                 probs = torch.softmax(head, dim=1)
@@ -487,7 +480,7 @@ class _Trainer:
         losses["loss"] = total
         return losses
 
-    def _crop(self, images, maps, corrections, features, keep, areas, gen):
+    def _crop(self, images, maps, corrections, features, keep, gen):
         """A random ``heads_crop`` window of the batch, on the encoder's coarsest grid.
 
         The decoder's cost grows with pixels; a window per step keeps a heads round on a
@@ -498,7 +491,7 @@ class _Trainer:
         crop = self.config.heads_crop
         h, w = images.shape[-2:]
         if not crop or (h <= crop and w <= crop):
-            return images, maps, corrections, features, keep, areas
+            return images, maps, corrections, features, keep
         grid = max(self.model.feature_reductions)
         ch, cw = min(crop, h), min(crop, w)
         centre = self._focus_centre(corrections, gen)
@@ -519,7 +512,6 @@ class _Trainer:
             None if corrections is None else corrections[window],
             cropped,
             {h: p[window] for h, p in keep.items()},
-            None if areas is None else tuple(a[window] for a in areas),
         )
 
     def _focus_centre(self, corrections, gen) -> tuple[int, int] | None:
@@ -553,18 +545,8 @@ class _Trainer:
             return torch.ones_like(labels, dtype=torch.bool)
         return labels != self.negative
 
-    def _seeds(self, maps, labels, corrections, gen, areas=None) -> torch.Tensor:
+    def _seeds(self, maps, labels, corrections, gen) -> torch.Tensor:
         c = self.config
-        generator = gen if maps.device.type == "cpu" else None
-        if areas is not None:
-            seeds = draw_seeds(
-                *areas,
-                c.seeds_per_class,
-                maps=maps.float(),
-                fg_sampling=c.fg_sampling,
-                generator=generator,
-            )
-            return apply_corrections(seeds, corrections)
         seeds = sample_seeds(
             maps.float(),
             c.seeds_per_class,
@@ -572,7 +554,7 @@ class _Trainer:
             erode=c.erode,
             fg_sampling=c.fg_sampling,
             negatives=~self._positive(labels),
-            generator=generator,
+            generator=gen if maps.device.type == "cpu" else None,
         )
         return apply_corrections(seeds, corrections)
 
@@ -604,21 +586,6 @@ class _Trainer:
                 .cpu()
             )
         return torch.cat(maps)
-
-    def _seed_areas(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Where seeds may be drawn in each whole image, before any window is cut."""
-        c, parts = self.config, []
-        for start in range(0, len(self.data), 32):
-            labels = self.data.labels[start : start + 32]
-            parts.append(
-                seed_areas(
-                    self.maps[start : start + 32].float(),
-                    c.bg_fraction,
-                    c.erode,
-                    negatives=~self._positive(labels),
-                )
-            )
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     @torch.no_grad()
     def _head_probs(self) -> dict[str, torch.Tensor]:
