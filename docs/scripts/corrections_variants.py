@@ -54,6 +54,10 @@ tell a mask that is uniformly too large or too small from one that is wrong in p
 lesion border: the share within 2, 4 and 8 px, and the false positive and negative counts
 (means per region).
 
+``--flips`` also prints, by round, the pixels the round fixed and the pixels it broke
+(right before, wrong after), how many of the broken ones are new false positives, and
+how many of each lie more than 48 px from any stroke (means per region).
+
 ``--steps N`` changes the steps per round for every variant run. ``--repeats N`` runs
 each variant with fine-tuning seeds 0..N-1 and reports the mean (default 1: seed 0
 alone, which is how the variant rows in docs/BENCHMARKS.md were run; the seed alone
@@ -448,6 +452,54 @@ def _boundary_errors(found: list):
         yield
 
 
+@contextlib.contextmanager
+def _flips(found: list):
+    """Record (round, fixed, broken, broken FP, fixed far, broken far) per round.
+
+    "Far" is more than 48 px from every pixel painted so far.
+    """
+    correct, predict, strokes = bc._correct_region, bc._predict, bc.strokes
+    state: dict = {}
+
+    def remember(base, image, truth, seed, settings):
+        state.update(truth=truth, before=None, round=0, painted=np.zeros(truth.shape, bool))
+        return correct(base, image, truth, seed, settings)
+
+    def painting(pred, truth, k, radius):
+        out = strokes(pred, truth, k, radius)
+        yy, xx = np.mgrid[0 : truth.shape[0], 0 : truth.shape[1]]
+        for y, x, _ in out:
+            state["painted"] |= (yy - y) ** 2 + (xx - x) ** 2 <= radius**2
+        return out
+
+    def scored(model, image, head):
+        pred = predict(model, image, head)
+        before, truth = state["before"], state["truth"]
+        if before is not None:
+            far = ndimage.distance_transform_edt(~state["painted"]) > 48
+            fixed = (before != truth) & (pred == truth)
+            broken = (before == truth) & (pred != truth)
+            found.append(
+                (
+                    state["round"],
+                    fixed.sum(),
+                    broken.sum(),
+                    (broken & pred).sum(),
+                    (fixed & far).sum(),
+                    (broken & far).sum(),
+                )
+            )
+        state["before"], state["round"] = pred, state["round"] + 1
+        return pred
+
+    with (
+        _patched(bc, "_correct_region", remember),
+        _patched(bc, "strokes", painting),
+        _patched(bc, "_predict", scored),
+    ):
+        yield
+
+
 def _variant(name: str):
     if name == "base":
         return contextlib.nullcontext(), {}
@@ -511,6 +563,9 @@ def main() -> None:
     parser.add_argument(
         "--boundary", action="store_true", help="also where the errors lie, by round"
     )
+    parser.add_argument(
+        "--flips", action="store_true", help="also the pixels each round fixed and broke"
+    )
     args = parser.parse_args()
     for name in args.variants:
         patch, settings = _variant(name)
@@ -518,12 +573,14 @@ def main() -> None:
         oracle = _best_thresholds(found) if args.thresholds else contextlib.nullcontext()
         errors: list = []
         border = _boundary_errors(errors) if args.boundary else contextlib.nullcontext()
+        flips: list = []
+        flipped = _flips(flips) if args.flips else contextlib.nullcontext()
 
         # The variant's settings win over those the benchmark passes (steps, lr, keep_fg...).
         def config(settings=settings, **given):
             return TrainConfig(**{**given, **settings})
 
-        with patch, oracle, border, _patched(bc, "TrainConfig", config):
+        with patch, oracle, border, flipped, _patched(bc, "TrainConfig", config):
             steps = {} if args.steps is None else {"steps": args.steps}
             report = bc.bench_corrections(
                 args.data,
@@ -568,6 +625,16 @@ def main() -> None:
                     f"  round {r}: {rows[:, 1].mean():.0f} wrong px per region, within "
                     f"2 / 4 / 8 px of the border {near}; false positive "
                     f"{rows[:, 5].mean():.0f}, false negative {rows[:, 6].mean():.0f}",
+                    flush=True,
+                )
+        if flips:
+            table = np.array(flips, dtype=float)
+            for r in range(1, int(table[:, 0].max()) + 1):
+                m = table[table[:, 0] == r].mean(axis=0)
+                print(
+                    f"  round {r}: fixed {m[1]:.0f} px per region ({m[4]:.0f} beyond 48 px "
+                    f"of a stroke), broke {m[2]:.0f} ({m[5]:.0f} beyond 48 px; "
+                    f"{m[3]:.0f} new false positives)",
                     flush=True,
                 )
 
