@@ -394,62 +394,65 @@ def _layer4():
 
 
 @contextlib.contextmanager
-def _best_thresholds(found: list):
-    """Record (round, Dice at 0.5, best Dice, best threshold) of every prediction."""
-    correct, predict = bc._correct_region, bc._predict
-    truth: dict[str, np.ndarray] = {}
-    taus = np.linspace(0.1, 0.9, 33)
-
-    def remember(base, image, truth_, seed, settings):
-        truth["now"], truth["round"] = truth_, 0
-        return correct(base, image, truth_, seed, settings)
-
-    @torch.no_grad()
-    def scored(model, image, head):
-        model.eval()
-        out = model.forward_heads(model.normalize(image[None]))
-        logits = out.fcam if head == "fcam" else out.pixel
-        prob = torch.softmax(logits, 1)[0, 1].cpu().numpy()
-        dice = [bc.dice(prob >= t, truth["now"]) for t in taus]
-        best = int(np.argmax(dice))
-        found.append((truth["round"], bc.dice(prob >= 0.5, truth["now"]), dice[best], taus[best]))
-        truth["round"] += 1
-        return predict(model, image, head)
-
-    with _patched(bc, "_correct_region", remember), _patched(bc, "_predict", scored):
-        yield
-
-
-@contextlib.contextmanager
-def _boundary_errors(found: list):
-    """Record (round, errors, within 2 / 4 / 8 px of the true border, FP, FN) per mask."""
+def _after_each_prediction(score):
+    """Call ``score(state, model, image, head, pred)`` after every mask the benchmark
+    scores; ``state`` holds the region's ``truth`` and ``round`` (0: the start mask)
+    and is emptied for each region."""
     correct, predict = bc._correct_region, bc._predict
     state: dict = {}
 
     def remember(base, image, truth, seed, settings):
-        inside = ndimage.distance_transform_edt(truth)
-        state["truth"], state["round"] = truth, 0
-        state["border"] = np.where(truth, inside, ndimage.distance_transform_edt(~truth))
+        state.clear()
+        state.update(truth=truth, round=0)
         return correct(base, image, truth, seed, settings)
 
     def scored(model, image, head):
         pred = predict(model, image, head)
-        truth, border = state["truth"], state["border"]
+        score(state, model, image, head, pred)
+        state["round"] += 1
+        return pred
+
+    with _patched(bc, "_correct_region", remember), _patched(bc, "_predict", scored):
+        yield state
+
+
+def _best_thresholds(found: list):
+    """Record (round, Dice at 0.5, best Dice, best threshold) of every prediction."""
+    taus = np.linspace(0.1, 0.9, 33)
+
+    @torch.no_grad()
+    def score(state, model, image, head, pred):
+        model.eval()
+        out = model.forward_heads(model.normalize(image[None]))
+        logits = out.fcam if head == "fcam" else out.pixel
+        prob = torch.softmax(logits, 1)[0, 1].cpu().numpy()
+        dice = [bc.dice(prob >= t, state["truth"]) for t in taus]
+        best = int(np.argmax(dice))
+        found.append((state["round"], bc.dice(pred, state["truth"]), dice[best], taus[best]))
+
+    return _after_each_prediction(score)
+
+
+def _boundary_errors(found: list):
+    """Record (round, errors, within 2 / 4 / 8 px of the true border, FP, FN) per mask."""
+
+    def score(state, model, image, head, pred):
+        truth = state["truth"]
+        if "border" not in state:
+            inside = ndimage.distance_transform_edt(truth)
+            state["border"] = np.where(truth, inside, ndimage.distance_transform_edt(~truth))
         wrong = pred != truth
         found.append(
             (
                 state["round"],
                 wrong.sum(),
-                *((wrong & (border <= d)).sum() for d in (2, 4, 8)),
+                *((wrong & (state["border"] <= d)).sum() for d in (2, 4, 8)),
                 (pred & ~truth).sum(),
                 (~pred & truth).sum(),
             )
         )
-        state["round"] += 1
-        return pred
 
-    with _patched(bc, "_correct_region", remember), _patched(bc, "_predict", scored):
-        yield
+    return _after_each_prediction(score)
 
 
 @contextlib.contextmanager
@@ -458,23 +461,10 @@ def _flips(found: list):
 
     "Far" is more than 48 px from every pixel painted so far.
     """
-    correct, predict, strokes = bc._correct_region, bc._predict, bc.strokes
-    state: dict = {}
+    strokes = bc.strokes
 
-    def remember(base, image, truth, seed, settings):
-        state.update(truth=truth, before=None, round=0, painted=np.zeros(truth.shape, bool))
-        return correct(base, image, truth, seed, settings)
-
-    def painting(pred, truth, k, radius):
-        out = strokes(pred, truth, k, radius)
-        yy, xx = np.mgrid[0 : truth.shape[0], 0 : truth.shape[1]]
-        for y, x, _ in out:
-            state["painted"] |= (yy - y) ** 2 + (xx - x) ** 2 <= radius**2
-        return out
-
-    def scored(model, image, head):
-        pred = predict(model, image, head)
-        before, truth = state["before"], state["truth"]
+    def score(state, model, image, head, pred):
+        before, truth = state.get("before"), state["truth"]
         if before is not None:
             far = ndimage.distance_transform_edt(~state["painted"]) > 48
             fixed = (before != truth) & (pred == truth)
@@ -489,15 +479,20 @@ def _flips(found: list):
                     (broken & far).sum(),
                 )
             )
-        state["before"], state["round"] = pred, state["round"] + 1
-        return pred
+        state["before"] = pred
 
-    with (
-        _patched(bc, "_correct_region", remember),
-        _patched(bc, "strokes", painting),
-        _patched(bc, "_predict", scored),
-    ):
-        yield
+    with _after_each_prediction(score) as state:
+
+        def painting(pred, truth, k, radius):
+            out = strokes(pred, truth, k, radius)
+            yy, xx = np.mgrid[0 : truth.shape[0], 0 : truth.shape[1]]
+            painted = state.setdefault("painted", np.zeros(truth.shape, bool))
+            for y, x, _ in out:
+                painted |= (yy - y) ** 2 + (xx - x) ** 2 <= radius**2
+            return out
+
+        with _patched(bc, "strokes", painting):
+            yield
 
 
 def _variant(name: str):
