@@ -265,3 +265,15 @@ def test_bad_arguments() -> None:
         train(_model(), data, "heads", TrainConfig(heads=("decoder",)))
     with pytest.raises(wsol.InputError, match="one label per image"):
         TrainData(data.images, torch.zeros(3, dtype=torch.long))
+
+
+def test_a_step_that_breaks_the_weights_is_undone() -> None:
+    # An absurd learning rate: the first step is finite, the weights it leaves give a
+    # non-finite loss; the run must fall back to the weights before that step.
+    data, _ = _toy()
+    model = _model()
+    decoder = _weights(model.decoder)
+    with pytest.raises(TrainingError, match="fcam: loss is not finite at epoch 1, step 2"):
+        train(model, data, "fcam", TrainConfig(epochs=1, batch_size=4, lr=1e30, cam_method="cam"))
+    assert all(torch.isfinite(w).all() for w in _weights(model.decoder))
+    assert _same(decoder, _weights(model.decoder))

@@ -309,9 +309,11 @@ class _Trainer:
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(total).backward()
+                # These weights just gave a finite loss: the ones to go back to if the
+                # step about to move them yields a non-finite one.
+                self._snapshot(into=good)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                good = self._snapshot()
                 values = {k: float(v.detach()) for k, v in losses.items()}
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -616,8 +618,13 @@ class _Trainer:
         return [torch.cat(parts) for parts in zip(*chunks, strict=True)]
 
     # --- weights and resuming ----------------------------------------------------------
-    def _snapshot(self) -> list[torch.Tensor]:
-        return [p.detach().clone() for p in self.params]
+    def _snapshot(self, into: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        if into is None:
+            return [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for saved, p in zip(into, self.params, strict=True):
+                saved.copy_(p)
+        return into
 
     def _restore(self, snapshot: list[torch.Tensor]) -> None:
         with torch.no_grad():
