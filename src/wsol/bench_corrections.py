@@ -27,6 +27,7 @@ from scipy import ndimage
 from wsol.checkpoint import load_model
 from wsol.data import WSOLDataset
 from wsol.errors import InputError
+from wsol.machine import describe as describe_machine
 from wsol.pseudo import BG, FG, IGNORE
 from wsol.session import FINE_TUNE
 from wsol.train import TrainConfig, TrainData, train
@@ -169,6 +170,7 @@ def bench_corrections(
         },
         "median_round_seconds": statistics.median(all_times),
         "max_round_seconds": max(all_times),
+        "machine": describe_machine(base.device),
         "settings": {
             **settings,
             "regions": len(chosen),

@@ -15,8 +15,6 @@ pixel label, so every gain at k > 0 is the labels', not the extra steps'.
 from __future__ import annotations
 
 import copy
-import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -27,6 +25,7 @@ import torch
 from wsol.checkpoint import load_model
 from wsol.data import WSOLDataset
 from wsol.evaluate import evaluate
+from wsol.machine import describe as describe_machine
 from wsol.pseudo import BG, FG, IGNORE
 from wsol.train import TrainConfig, TrainData, train
 
@@ -114,7 +113,7 @@ def bench_guided(
         "results": rows,
         "configs": {"guided": asdict(guided), "heads": asdict(heads)},
         "seconds": seconds,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "machine": describe_machine(),
     }
 
 

@@ -11,8 +11,6 @@ next to PxAP / Dice against the class's own mask and the faithfulness scores.
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -22,6 +20,7 @@ import torch
 
 from wsol.data import WSOLDataset
 from wsol.evaluate import evaluate
+from wsol.machine import describe as describe_machine
 from wsol.model import create_model
 from wsol.train import TrainConfig, TrainData, train
 
@@ -100,7 +99,7 @@ def bench_multilabel(
         "test_tiles": len(test),
         "config": asdict(TrainConfig(epochs=epochs, batch_size=32, lr=1e-3, seed=seed)),
         "runs": runs,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "machine": describe_machine(),
     }
 
 

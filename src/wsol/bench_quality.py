@@ -7,8 +7,6 @@ F-CAM (encoder frozen), so every map is read from one final model.
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -18,6 +16,7 @@ import torch
 
 from wsol.data import WSOLDataset
 from wsol.evaluate import evaluate
+from wsol.machine import describe as describe_machine
 from wsol.model import create_model
 from wsol.train import TrainConfig, TrainData, train
 
@@ -126,7 +125,7 @@ def bench_quality(
         },
         "history": history,
         "seconds": timings,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "machine": describe_machine(),
     }
 
 

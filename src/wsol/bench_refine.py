@@ -8,8 +8,6 @@ show how it scales), on H&E pixels cut from the benchmark's tiles.
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +19,7 @@ import torch
 from wsol.checkpoint import load_model
 from wsol.data import WSOLDataset
 from wsol.evaluate import evaluate
+from wsol.machine import describe as describe_machine
 from wsol.refine import DenseCRFParams, dense_crf
 
 
@@ -114,7 +113,7 @@ def bench_dense_crf(
         "timing": {str(k): v for k, v in timing.items()},
         "device": device,
         "threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "machine": describe_machine(device),
     }
 
 

@@ -12,8 +12,6 @@ pipeline can beat on the machine.
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -26,6 +24,7 @@ import zarr
 
 from wsol.cams import compute_many
 from wsol.infer import infer_slide, make_grid
+from wsol.machine import describe as describe_machine
 from wsol.model import WSOLModel, create_model
 from wsol.slide import Slide, open_slide
 from wsol.tissue import detect_tissue
@@ -162,6 +161,5 @@ def bench_slide(
         "naive_s": naive_s,
         "pipeline_s": pipe_s,
         "model_only_s": floor_s,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "machine": describe_machine(device),
     }
