@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from wsol.cams import compute_many
+from wsol.machine import cpu_model
 from wsol.model import WSOLModel, create_model
 
 #: Our method -> pytorch-grad-cam class name of the same method.
@@ -178,9 +178,7 @@ def bench_cams(
         "batch": batch,
         "size": size,
         "repeats": repeats,
-        "device": device
-        if device != "cpu"
-        else f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
+        "device": device if device != "cpu" else f"cpu ({os.cpu_count()} cores, {cpu_model()})",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "reference": _reference_version() if reference else None,
