@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from wsol.bench_corrections import dice, stroke_fit, strokes
+from wsol.bench_corrections import dice, paint, stroke_fit, strokes
 from wsol.benchmark_data import BenchmarkSpec, make_benchmark
 from wsol.cli import main
 from wsol.pseudo import BG, FG, IGNORE
@@ -27,6 +28,25 @@ def test_strokes_go_to_the_deepest_point_of_the_largest_errors() -> None:
     assert label == FG and 5 <= y < 25 and 15 <= x < 25 and x in (19, 20)
     assert label2 == BG and 30 <= y2 < 34 and 30 <= x2 < 34
     assert strokes(truth, truth, k=5, radius=2) == []
+
+
+def test_paint_adds_disks_of_the_true_label_and_keeps_earlier_ones() -> None:
+    truth = np.zeros((40, 40), bool)
+    truth[5:25, 5:25] = True
+    pred = np.zeros_like(truth)
+    pred[5:25, 5:15] = True  # a false negative on the right half of the object
+    corrections = torch.full(truth.shape, IGNORE, dtype=torch.long)
+    paint(corrections, pred, truth, k=1, radius=2)
+    painted = (corrections != IGNORE).numpy()
+    assert painted.sum() == 13  # a disk of radius 2
+    assert (corrections[corrections != IGNORE] == FG).all()
+    assert truth[painted].all()
+    first = corrections.clone()
+    pred = truth.copy()
+    pred[30:34, 30:34] = True  # now only a false positive is left
+    paint(corrections, pred, truth, k=1, radius=2)
+    assert (corrections[first != IGNORE] == FG).all()  # the first round's disk stays
+    assert ((corrections == BG).numpy() & ~truth).sum() == 13
 
 
 def test_dice() -> None:

@@ -43,6 +43,9 @@ Variants:
   usual one (foreground and background strokes weigh the same however many are painted).
 - ``windows-B-C``: each step trains on B windows of C px instead of one of the app's size
   (``windows-4-96`` covers as many pixels as one 192-px window), each centred as usual.
+- ``paint-all``: the simulated user paints the whole ground truth every round instead
+  of 10 disks, so every pixel of the region is a correction. An upper bound: what the
+  round's fine-tuning can learn in its steps when nothing is left to guess.
 - ``set-FIELD=VALUE[,FIELD=VALUE]``: any ``TrainConfig`` field for the round
   (``set-crf_weight=3.0``, ``set-seeds_per_class=32``).
 
@@ -58,7 +61,8 @@ lesion border: the share within 2, 4 and 8 px, and the false positive and negati
 (right before, wrong after), how many of the broken ones are new false positives, and
 how many of each lie more than 48 px from any stroke (means per region).
 
-``--steps N`` changes the steps per round for every variant run. ``--repeats N`` runs
+``--steps N`` changes the steps per round for every variant run, ``--radius R`` the
+simulated user's disks (4 px, the app's brush, by default). ``--repeats N`` runs
 each variant with fine-tuning seeds 0..N-1 and reports the mean (default 1: seed 0
 alone, which is how the variant rows in docs/BENCHMARKS.md were run; the seed alone
 moves a 12-region gain by about two points).
@@ -495,6 +499,13 @@ def _flips(found: list):
             yield
 
 
+def _paint_all():
+    def everything(corrections, pred, truth, k, radius):
+        corrections.copy_(torch.where(torch.from_numpy(truth), FG, BG))
+
+    return _patched(bc, "paint", everything)
+
+
 def _variant(name: str):
     if name == "base":
         return contextlib.nullcontext(), {}
@@ -539,6 +550,8 @@ def _variant(name: str):
         return _focus_wrong(), {}
     if name == "stroke-term":
         return _stroke_term(), {}
+    if name == "paint-all":
+        return _paint_all(), {}
     raise SystemExit(f"unknown variant {name!r}")
 
 
@@ -549,6 +562,9 @@ def main() -> None:
     parser.add_argument("variants", nargs="+")
     parser.add_argument("--regions", type=int, default=12)
     parser.add_argument("--steps", type=int, help="steps per round (default: the app's)")
+    parser.add_argument(
+        "--radius", type=int, default=4, help="radius of the simulated user's disks (px)"
+    )
     parser.add_argument(
         "--repeats", type=int, default=1, help="fine-tuning seeds 0..N-1, mean reported"
     )
@@ -582,6 +598,7 @@ def main() -> None:
                 args.checkpoint,
                 regions=args.regions,
                 repeats=args.repeats,
+                radius=args.radius,
                 log=lambda *a: None,
                 **steps,
             )
@@ -590,6 +607,7 @@ def main() -> None:
             for k, values in report["strokes_honoured"].items()
         }
         label = name + ("" if args.steps is None else f" ({args.steps} steps)")
+        label += "" if args.radius == 4 else f" (radius {args.radius})"
         gain = f"gain {report['gain']:+.1f}"
         if args.repeats > 1:
             label += f" ({args.repeats} seeds)"

@@ -180,14 +180,22 @@ def bench_corrections(
     }
 
 
+def paint(
+    corrections: torch.Tensor, pred: np.ndarray, truth: np.ndarray, k: int, radius: int
+) -> None:
+    """One round of the simulated user: ``k`` disks of ``strokes`` written into ``corrections``."""
+    yy, xx = np.mgrid[0 : truth.shape[0], 0 : truth.shape[1]]
+    for y, x, label in strokes(pred, truth, k, radius):
+        corrections[torch.from_numpy((yy - y) ** 2 + (xx - x) ** 2 <= radius**2)] = label
+
+
 def _correct_region(
     base: torch.nn.Module, image: torch.Tensor, truth: np.ndarray, seed: int, settings: dict
 ) -> dict:
     """``rounds`` rounds of strokes and fine-tuning on one region, on a copy of ``base``."""
     model = copy.deepcopy(base)
     corrections = torch.full(truth.shape, IGNORE, dtype=torch.long)
-    yy, xx = np.mgrid[0 : truth.shape[0], 0 : truth.shape[1]]
-    head, radius = settings["heads"][0], settings["radius"]
+    head = settings["heads"][0]
     pred = _predict(model, image, head)
     scores, times, honoured = [dice(pred, truth)], [], []
     config = TrainConfig(
@@ -203,8 +211,7 @@ def _correct_region(
         seed=seed,
     )
     for _ in range(settings["rounds"]):
-        for y, x, label in strokes(pred, truth, settings["strokes_per_round"], radius):
-            corrections[torch.from_numpy((yy - y) ** 2 + (xx - x) ** 2 <= radius**2)] = label
+        paint(corrections, pred, truth, settings["strokes_per_round"], settings["radius"])
         data = TrainData(image[None], torch.tensor([1]), corrections[None])
         start = time.perf_counter()
         train(model, data, "heads", config)
