@@ -414,7 +414,12 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
             return
         import torch
 
+        from wsol.precision import autocast_dtype, dtype_name
+
         device = "cuda" if torch.cuda.is_available() else "cpu (no CUDA device)"
+        # What the maps are computed in (infer_slide's default), so a user comparing
+        # two machines' maps knows why they differ in the last digits.
+        device += f", maps in {dtype_name(autocast_dtype(device.split()[0]))}"
         mpp = f"{config.mpp:g} µm/px" if config.mpp else "unknown mpp"
         trained = "" if path else " - UNTRAINED demo weights"
         self.model_info.value = (

@@ -55,7 +55,13 @@ def test_overlapping_tiles_blend_without_seams(small_model, slide, tmp_path: Pat
 
 def test_stored_maps_and_scores_are_the_tiles_own(small_model, slide, tmp_path: Path) -> None:
     result = infer_slide(
-        small_model, slide, tmp_path / "m.zarr", ["cam", "fcam"], level=1, tissue=False
+        small_model,
+        slide,
+        tmp_path / "m.zarr",
+        ["cam", "fcam"],
+        level=1,
+        tissue=False,
+        precision="float32",  # the reference below runs in float32 too
     )
     store, grid = result.store, result.store.grid
     assert result.tiles_run == result.tiles_total == len(grid) and not result.cancelled
@@ -150,6 +156,27 @@ def test_changed_settings_start_over(small_model, slide, tmp_path: Path) -> None
     assert second.tiles_run == second.tiles_total and second.store.methods == ["cam", "gradcam"]
     third = infer_slide(small_model, slide, out, ["cam", "gradcam"], level=1, resume=False)
     assert third.tiles_run == third.tiles_total
+
+
+def test_bfloat16_maps_match_float32_and_do_not_resume_them(
+    small_model, slide, tmp_path: Path
+) -> None:
+    options = dict(level=1, tissue=False)
+    full = infer_slide(
+        small_model, slide, tmp_path / "f.zarr", ["cam", "fcam"], precision="float32", **options
+    )
+    out = tmp_path / "b.zarr"
+    half = infer_slide(small_model, slide, out, ["cam", "fcam"], precision="bfloat16", **options)
+    assert half.store.settings["precision"] == "bfloat16"
+    for method in ("cam", "fcam"):
+        diff = np.abs(_map(half.store, method) - _map(full.store, method))
+        assert diff.mean() < 2e-3 and diff.max() < 0.05
+        assert diff.max() > 0  # it did run in bfloat16
+    np.testing.assert_allclose(half.store.probabilities(), full.store.probabilities(), atol=0.01)
+    # A store is finished only in the precision it was started in.
+    again = infer_slide(small_model, slide, out, ["cam", "fcam"], precision="float32", **options)
+    assert again.tiles_run == again.tiles_total
+    assert again.store.settings["precision"] == "float32"
 
 
 def test_region_of_interest_is_written_first(small_model, slide, tmp_path: Path) -> None:

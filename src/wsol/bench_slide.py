@@ -8,6 +8,13 @@ tiles with the same model and methods; runs alternate, and the tile loop itself 
 timed (store creation and tissue detection, done once by either, are not). A third
 timing, the model alone on the same tiles already in memory, batched, is the floor no
 pipeline can beat on the machine.
+
+The naive loop runs in float32, as a first script would. The pipeline runs in the
+precision it picks by default (``precision="auto"``: bfloat16 on a CPU with native
+bfloat16, float16 on CUDA), and the model-only floor in the same one. When that is not
+float32, each round also times the pipeline in float32, so the share of the speed-up
+that comes from the precision is measured in the same run, and the two pipelines'
+stored maps are compared.
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ import torch.nn.functional as F
 import zarr
 
 from wsol.cams import compute_many
-from wsol.infer import infer_slide, make_grid
+from wsol.infer import InferenceResult, MapStore, infer_slide, make_grid
 from wsol.machine import describe as describe_machine
 from wsol.model import WSOLModel, create_model
+from wsol.precision import autocast_dtype, dtype_name
 from wsol.slide import Slide, open_slide
 from wsol.tissue import detect_tissue
 
@@ -69,16 +77,33 @@ def naive_loop(
 
 
 def model_only(
-    model: WSOLModel, tiles: list[np.ndarray], methods: list[str], batch_size: int
+    model: WSOLModel,
+    tiles: list[np.ndarray],
+    methods: list[str],
+    batch_size: int,
+    dtype: torch.dtype | None = None,
 ) -> float:
     """Seconds for the model alone on tiles already in memory, in batches: the floor."""
     target = 1 if model.config.num_classes == 2 else None
+    device = model.device.type
     start = time.perf_counter()
     for k in range(0, len(tiles), batch_size):
         batch = torch.from_numpy(np.stack(tiles[k : k + batch_size])).permute(0, 3, 1, 2)
-        result = compute_many(model, model.normalize(batch), methods, target)
+        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            result = compute_many(model, model.normalize(batch.to(model.device)), methods, target)
         result.logits.cpu()
     return time.perf_counter() - start
+
+
+def map_difference(a: MapStore, b: MapStore) -> dict[str, dict[str, float]]:
+    """Per method, the largest and the mean absolute difference of two stores' maps."""
+    out = {}
+    for method in a.methods:
+        x = np.asarray(a.levels(method)[0][...], np.float32)
+        y = np.asarray(b.levels(method)[0][...], np.float32)
+        diff = np.abs(x - y)
+        out[method] = {"max": float(diff.max()), "mean": float(diff.mean())}
+    return out
 
 
 def bench_slide(
@@ -93,6 +118,7 @@ def bench_slide(
     device: str = "cpu",
 ) -> dict:
     """Median tiles/s of both ways over ``repeats`` alternating rounds, and their ratio."""
+    dtype = autocast_dtype(device)
     torch.manual_seed(0)
     model = create_model(backbone, 2).to(device).eval()
     slide = open_slide(slide_path)
@@ -102,6 +128,7 @@ def bench_slide(
     methods = list(methods)
     naive_s: list[float] = []
     pipe_s: list[float] = []
+    pipe32_s: list[float] = []
     floor_s: list[float] = []
     in_memory = [
         slide.read_region(
@@ -115,33 +142,36 @@ def bench_slide(
     with tempfile.TemporaryDirectory(prefix="wsol-bench-") as tmp:
         # Warm-up of both (allocator, reader caches) before timed rounds.
         naive_loop(model, slide, grid, chosen[:batch_size], methods, Path(tmp) / "warm")
-        infer_slide(
-            model,
-            slide,
-            Path(tmp) / "warm-pipe",
-            methods,
-            tiles=chosen[:batch_size],
-            resume=False,
-            batch_size=batch_size,
-            workers=workers,
-        )
-        for r in range(repeats):
-            naive_s.append(naive_loop(model, slide, grid, chosen, methods, Path(tmp) / f"n{r}"))
-            result = infer_slide(
+
+        def run(out: Path, precision: str, some: np.ndarray = chosen) -> InferenceResult:
+            return infer_slide(
                 model,
                 slide,
-                Path(tmp) / f"p{r}",
+                out,
                 methods,
-                tiles=chosen,
+                tiles=some,
                 resume=False,
                 batch_size=batch_size,
                 workers=workers,
+                precision=precision,
             )
-            pipe_s.append(result.seconds)
-            floor_s.append(model_only(model, in_memory, methods, batch_size))
+
+        run(Path(tmp) / "warm-pipe", "auto", chosen[:batch_size])
+        if dtype is not None:
+            run(Path(tmp) / "warm-pipe32", "float32", chosen[:batch_size])
+        for r in range(repeats):
+            naive_s.append(naive_loop(model, slide, grid, chosen, methods, Path(tmp) / f"n{r}"))
+            pipe_s.append(run(Path(tmp) / f"p{r}", "auto").seconds)
+            if dtype is not None:
+                pipe32_s.append(run(Path(tmp) / f"f{r}", "float32").seconds)
+            floor_s.append(model_only(model, in_memory, methods, batch_size, dtype))
+        difference = None
+        if dtype is not None:
+            stores = [MapStore.open(Path(tmp) / f"{k}{repeats - 1}") for k in "pf"]
+            difference = map_difference(*stores)
     ratios = [n / p for n, p in zip(naive_s, pipe_s, strict=True)]
     n = len(chosen)
-    return {
+    report = {
         "slide": str(slide_path),
         "backbone": backbone,
         "methods": methods,
@@ -150,6 +180,7 @@ def bench_slide(
         "batch_size": batch_size,
         "workers": workers,
         "device": device,
+        "precision": dtype_name(dtype),
         "naive_tiles_per_s": n / statistics.median(naive_s),
         "pipeline_tiles_per_s": n / statistics.median(pipe_s),
         "model_only_tiles_per_s": n / statistics.median(floor_s),
@@ -163,3 +194,16 @@ def bench_slide(
         "model_only_s": floor_s,
         "machine": describe_machine(device),
     }
+    if dtype is not None:
+        report.update(
+            pipeline_float32_tiles_per_s=n / statistics.median(pipe32_s),
+            speedup_float32_median=statistics.median(
+                nv / p for nv, p in zip(naive_s, pipe32_s, strict=True)
+            ),
+            precision_gain_median=statistics.median(
+                f / p for f, p in zip(pipe32_s, pipe_s, strict=True)
+            ),
+            pipeline_float32_s=pipe32_s,
+            map_difference=difference,
+        )
+    return report

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wsol.errors import InputError, WSOLError
+from wsol.precision import PRECISIONS
 
 EXIT_INPUT = 2
 
@@ -108,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2, help="tile-reading threads")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="autocast dtype (auto: float16 on CUDA, bfloat16 on CPUs that have it natively)",
+    )
     tissue = p.add_mutually_exclusive_group()
     tissue.add_argument(
         "--tissue",
@@ -504,6 +511,7 @@ def _predict(args: argparse.Namespace) -> int:
                 resume=not args.restart,
                 progress=progress,
                 refine=_dense_crf(args),
+                precision=args.precision,
             )
         except InputError as exc:
             print(f"\nwsol predict: error: {exc}", file=sys.stderr)
@@ -898,10 +906,25 @@ def _bench_slide(args: argparse.Namespace) -> int:
         f"{report['tiles']} tiles of {report['slide']} ({report['backbone']}, "
         f"{', '.join(report['methods'])}, {report['device']})"
     )
-    print(f"naive loop: {report['naive_tiles_per_s']:.2f} tiles/s")
-    print(f"pipeline:   {report['pipeline_tiles_per_s']:.2f} tiles/s")
-    print(f"model only: {report['model_only_tiles_per_s']:.2f} tiles/s (tiles in memory)")
-    print(f"speed-up:   {report['speedup_median']:.2f}x (median of {len(report['speedups'])})")
+    precision, n = report["precision"], len(report["speedups"])
+    print(f"naive loop: {report['naive_tiles_per_s']:.2f} tiles/s (float32)")
+    print(f"pipeline:   {report['pipeline_tiles_per_s']:.2f} tiles/s ({precision})")
+    if "pipeline_float32_tiles_per_s" in report:
+        print(f"pipeline:   {report['pipeline_float32_tiles_per_s']:.2f} tiles/s (float32)")
+    print(
+        f"model only: {report['model_only_tiles_per_s']:.2f} tiles/s ({precision}, tiles in memory)"
+    )
+    print(f"speed-up:   {report['speedup_median']:.2f}x (median of {n})")
+    if "speedup_float32_median" in report:
+        print(
+            f"            {report['speedup_float32_median']:.2f}x with the pipeline in float32; "
+            f"{precision} alone {report['precision_gain_median']:.2f}x"
+        )
+        for method, d in report["map_difference"].items():
+            print(
+                f"            {method}: {precision} vs float32 maps differ by "
+                f"{d['mean']:.1e} on average, {d['max']:.1e} at most"
+            )
     print(f"pipeline reaches {report['pipeline_over_model_only']:.0%} of the model-only rate")
     if args.json:
         _write_json(args.json, report)

@@ -19,6 +19,7 @@ from wsol.errors import InputError
 from wsol.infer.grid import TileGrid, make_grid
 from wsol.infer.store import MapStore
 from wsol.model import WSOLModel
+from wsol.precision import autocast_dtype, dtype_name
 from wsol.refine import DenseCRFParams, dense_crf
 from wsol.slide import Slide
 from wsol.tissue import detect_tissue
@@ -57,7 +58,7 @@ def infer_slide(
     roi: tuple[float, float, float, float] | None = None,
     batch_size: int = 16,
     workers: int = 2,
-    amp: bool = True,
+    precision: str = "auto",
     resume: bool = True,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -70,7 +71,7 @@ def infer_slide(
     Parameters
     ----------
     model : WSOLModel
-        Runs on its own device (AMP float16 autocast on CUDA when ``amp``).
+        Runs on its own device.
     slide : Slide
         Any reader from :func:`wsol.slide.open_slide`.
     out : path
@@ -98,6 +99,11 @@ def infer_slide(
     roi : (y, x, h, w), optional
         Level-0 region (e.g. the viewport) computed first; its map is written as soon
         as its tiles are done, ahead of the rest of the slide.
+    precision : str
+        ``"auto"`` (default): autocast to float16 on CUDA and to bfloat16 on a CPU with
+        native bfloat16 (:func:`wsol.precision.autocast_dtype`), else float32;
+        ``"float32"``, ``"bfloat16"`` or ``"float16"`` force one. Part of the store's
+        settings: a store is resumed only in the precision it was started in.
     resume : bool
         Continue an unfinished store with identical settings (default); False starts
         over.
@@ -138,6 +144,7 @@ def infer_slide(
     if tissue is None:
         tissue = slide.backend != "image"
 
+    dtype = autocast_dtype(model.device, precision)
     settings = {
         "slide": {
             "name": slide.path.name,
@@ -152,6 +159,7 @@ def infer_slide(
         "cam_options": {k: v for k, v in sorted(cam_options.items())},
         "tiles": None if tiles is None else hashlib.sha1(np.asarray(tiles).tobytes()).hexdigest(),
         "refine": None if refine is None else asdict(refine),
+        "precision": dtype_name(dtype),
     }
     store = _open_or_create(
         Path(out), grid, methods, list(config.class_names), settings, slide, tissue, resume
@@ -170,7 +178,7 @@ def infer_slide(
         store.set_complete(0.0)
         return InferenceResult(store, total, 0, 0.0)
 
-    runner = _Runner(model, slide, grid, methods, target, amp, cam_options, refine)
+    runner = _Runner(model, slide, grid, methods, target, dtype, cam_options, refine)
     start = time.perf_counter()
     done = total - len(plan.order)
     cancelled = False
@@ -279,11 +287,11 @@ def _open_or_create(
 class _Runner:
     """Reads tiles and turns batches into blended-ready map tiles."""
 
-    def __init__(self, model, slide, grid, methods, target, amp, cam_options, refine) -> None:
+    def __init__(self, model, slide, grid, methods, target, dtype, cam_options, refine) -> None:
         self.model, self.slide, self.grid, self.refine = model, slide, grid, refine
         self.methods, self.target, self.cam_options = methods, target, cam_options
         self.device = model.device
-        self.amp = amp and self.device.type == "cuda"
+        self.dtype = dtype  # autocast dtype; None: float32
         self.cam_rows = [k for k, m in enumerate(methods) if m in CAM_METHODS]
         self.window = grid.blend_window()
         self.timings = {"read": 0.0, "compute": 0.0}
@@ -312,7 +320,7 @@ class _Runner:
             )
         rgb = x
         x = self.model.normalize(x / 255.0)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             result = compute_many(self.model, x, self.methods, self.target, **self.cam_options)
         probs = self.model.probabilities(result.logits.float())
         maps = torch.stack([result.maps[m].float() for m in self.methods])  # [M, B, T, T]

@@ -229,6 +229,7 @@ class _Trainer:
         self.model, self.data, self.stage, self.config = model, data, stage, config
         self.device = model.device
         self.amp = config.amp and self.device.type == "cuda"
+        self.amp_dtype = torch.float16
         self.barrier = BarrierSchedule(config.barrier_t0, config.barrier_factor, config.barrier_cap)
         negative = config.negative_class
         if negative == -1:
@@ -399,7 +400,7 @@ class _Trainer:
         images, labels, corrections, maps = self._batch(index, gen)
         x = self.model.normalize(images)
         size = (x.shape[-2], x.shape[-1])
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             if self.stage == "classifier":
                 logits = self.model.classify(self.model.forward_features(x))
                 ce = self._image_loss(logits, index, labels)
