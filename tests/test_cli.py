@@ -166,15 +166,15 @@ def test_eval_names_the_bad_mask(tmp_path: Path, checkpoint: Path, capsys) -> No
 
 def test_bench_cams_small_run(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    code = main(
-        ["bench", "cams", "--batch", "2", "--size", "64", "--repeats", "1", "--json", str(out)]
-    )
-    assert code == 0
+    args = ["--batch", "2", "--size", "64", "--repeats", "1", "--precision", "bfloat16"]
+    assert main(["bench", "cams", *args, "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     rows = {r["method"]: r for r in report["rows"]}
     assert rows["forward"]["ours_s"] > 0
     assert "theirs_s" in rows["gradcam"] and "speedup" in rows["scorecam"]
     assert rows["scorecam"]["per_image"] is True
+    assert report["scorecam_precision"] == "bfloat16"
+    assert rows["scorecam (bfloat16 autocast)"]["ours_s"] > 0
 
 
 def test_headless_demo_writes_overlays(tmp_path: Path, capsys) -> None:

@@ -32,3 +32,22 @@ def test_autocast_dtype_by_device_and_choice() -> None:
     assert dtype_name(None) == "float32" and dtype_name(torch.bfloat16) == "bfloat16"
     with pytest.raises(InputError, match="unknown precision 'half'"):
         autocast_dtype("cpu", "half")
+
+
+def test_every_method_runs_under_cpu_bfloat16_autocast() -> None:
+    # The slide pipeline computes maps inside autocast; a method that mixes a bfloat16
+    # result into a float32 buffer used to fail there (Score-CAM did).
+    from wsol.cams import METHODS, compute_many
+    from wsol.model import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", 3)
+    x = torch.randn(2, 3, 64, 64)
+    reference = compute_many(model, x, METHODS).maps
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = compute_many(model, x, METHODS).maps
+    for method in METHODS:
+        assert low[method].dtype == torch.float32, method
+        assert torch.isfinite(low[method]).all(), method
+        # Maps are in [0, 1]; bfloat16 keeps about three significant digits.
+        assert (low[method] - reference[method]).abs().max() < 0.02, method

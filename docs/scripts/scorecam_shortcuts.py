@@ -5,7 +5,9 @@ image on the sample H&E tile, resnet18 with a sharpened classifier (random init 
 every masked image almost alike; a trained model does not):
 
 - scoring the masked images at half resolution (4x fewer FLOPs);
-- scoring only the top-k channels by mean activation ("Faster Score-CAM").
+- scoring only the top-k channels by mean activation ("Faster Score-CAM");
+- scoring the masked images in bfloat16 (autocast), as the slide pipeline does on a CPU
+  with native bfloat16 (the same images, in lower precision).
 
 Run: python docs/scripts/scorecam_shortcuts.py
 With a trained model, on the positive test tiles of a make-benchmark folder (the
@@ -45,6 +47,9 @@ def compare(model, x: torch.Tensor, label: str) -> None:
         exact = to_map(exact_scores, acts, size)
         half = scorecam_scores(model, x, acts, targets, scale=0.5)
         approx = {"half resolution": to_map(half, acts, size)}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = scorecam_scores(model, x, acts, targets)
+        approx["bfloat16"] = to_map(low, acts, size)
         for k in (64, 128):
             top = acts.flatten(2).mean(2).topk(k, dim=1).indices
             kept = torch.full_like(exact_scores, float("-inf"))

@@ -20,6 +20,7 @@ from torch import nn
 from wsol.cams import compute_many
 from wsol.machine import cpu_model
 from wsol.model import WSOLModel, create_model
+from wsol.precision import autocast_dtype, dtype_name
 
 #: Our method -> pytorch-grad-cam class name of the same method.
 REFERENCE = {
@@ -99,6 +100,7 @@ def bench_cams(
     device: str = "cpu",
     reference: bool = True,
     seed: int = 0,
+    precision: str = "auto",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Time the forward pass, each of our methods and pytorch-grad-cam's equivalents.
@@ -150,6 +152,15 @@ def bench_cams(
         "ours": lambda: compute_many(model, x_score, ["scorecam"]),
         "ours_half": lambda: compute_many(model, x_score, ["scorecam"], scorecam_scale=0.5),
     }
+    low = autocast_dtype(device, precision)
+    low_name = f"scorecam ({dtype_name(low)} autocast)"
+    if low is not None:
+
+        def ours_low() -> None:
+            with torch.autocast(torch.device(device).type, dtype=low):
+                compute_many(model, x_score, ["scorecam"])
+
+        fns["ours_low"] = ours_low
     if "scorecam" in theirs:
         fns["theirs"] = lambda: _quiet(theirs["scorecam"], x_score)
     t = interleaved_times(fns, repeats, sync)
@@ -157,7 +168,10 @@ def bench_cams(
         acts = model.forward_features(x_score)[model.cam_tap].flatten(2)
     scored = (acts.amax(2) > acts.amin(2)).sum().item() / scorecam_images
     per_image_floor = floor / batch
-    for key, name in (("ours", "scorecam"), ("ours_half", "scorecam (scorecam_scale=0.5)")):
+    variants = [("ours", "scorecam"), ("ours_half", "scorecam (scorecam_scale=0.5)")]
+    if low is not None:
+        variants.insert(1, ("ours_low", low_name))
+    for key, name in variants:
         row = {
             "method": name,
             "images": scorecam_images,
@@ -182,6 +196,7 @@ def bench_cams(
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "reference": _reference_version() if reference else None,
+        "scorecam_precision": dtype_name(low),
         "rows": rows,
     }
 

@@ -256,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--scorecam-images", type=int, default=1)
     b.add_argument("--device", default="cpu")
     b.add_argument("--no-reference", action="store_true", help="skip pytorch-grad-cam")
+    b.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="also time Score-CAM in this autocast precision when it is not float32 "
+        "(auto: bfloat16 on a CPU with native bfloat16, float16 on CUDA)",
+    )
     b = bench.add_parser("quality", help="train from scratch, compare CAMs with F-CAM/PixelCAM")
     b.add_argument("data", type=Path, help="a make-benchmark folder (train/, test/)")
     b.add_argument("--backbone", default="resnet18")
@@ -722,6 +729,7 @@ def _bench(args: argparse.Namespace) -> int:
         scorecam_images=args.scorecam_images,
         device=args.device,
         reference=not args.no_reference,
+        precision=args.precision,
     )
     print()
     return _finish(args, report, markdown_table(report))

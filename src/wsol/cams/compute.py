@@ -99,6 +99,10 @@ def compute_many(
 ) -> CamResult:
     """Maps of several methods from one encoder forward and one partial backward.
 
+    The model's forwards (encoder, heads, Score-CAM's masked images) run in the
+    caller's precision, so inside ``torch.autocast`` they run in bfloat16 or float16;
+    activations, gradients and the map formulas are float32, and so are the maps.
+
     Parameters
     ----------
     model, images, targets, present
@@ -164,32 +168,42 @@ def compute_many(
                 if method in HEAD_METHODS:
                     if features is None:
                         features = model.forward_features(x)
-                    maps[method] = _head_map(model, method, features, size, t)
+                    maps[method] = _head_map(model, method, features, size, t).float()
                     continue
-                if method == "cam":
-                    raw = formulas.cam(acts, model.classifier.weight[t])
-                elif method == "minmaxcam":
-                    raw = formulas.minmaxcam(acts, model.classifier.weight, t, present)
-                elif method == "dminmaxgradcam":
-                    raw = formulas.dminmax_gradcam(acts, *minmax_grads)
-                elif method in _GRADIENT_METHODS:
-                    raw = _GRADIENT_METHODS[method](acts, grads)
-                elif method == "scorecam":
+                # Forwards of the model run in the caller's precision (autocast); the
+                # formulas run in float32 on float32 activations and gradients.
+                if method == "scorecam":
                     chunk = scorecam_batch_size or (16 if x.device.type == "cpu" else 128)
                     scores = scorecam_scores(model, x, acts, t, chunk, scorecam_scale)
-                    raw = formulas.weighted_sum(formulas.scorecam_weights(scores), acts)
-                else:  # smoothgradcampp
+                elif method == "smoothgradcampp":
                     if linear_tap:
                         noisy = grads.unsqueeze(0)
                     else:
                         noisy = _noisy_gradients(
                             model, x, tap, t, smooth_samples, smooth_noise, seed
                         )
-                    raw = formulas.smoothgradcampp(acts, noisy)
-                maps[method] = formulas.normalize_maps(formulas.upsample(raw, size))
+                with _full_precision(x.device):
+                    if method == "cam":
+                        raw = formulas.cam(acts, model.classifier.weight[t].float())
+                    elif method == "minmaxcam":
+                        raw = formulas.minmaxcam(acts, model.classifier.weight.float(), t, present)
+                    elif method == "dminmaxgradcam":
+                        raw = formulas.dminmax_gradcam(acts, *minmax_grads)
+                    elif method in _GRADIENT_METHODS:
+                        raw = _GRADIENT_METHODS[method](acts, grads)
+                    elif method == "scorecam":
+                        raw = formulas.weighted_sum(formulas.scorecam_weights(scores), acts)
+                    else:  # smoothgradcampp
+                        raw = formulas.smoothgradcampp(acts, noisy)
+                    maps[method] = formulas.normalize_maps(formulas.upsample(raw, size))
     finally:
         model.train(was_training)
     return CamResult(maps, logits.detach(), t)
+
+
+def _full_precision(device: torch.device) -> torch.autocast:
+    """A context in which autocast is off, so ops run in their inputs' dtype."""
+    return torch.autocast(device.type, enabled=False)
 
 
 def _resolve_targets(
@@ -245,7 +259,7 @@ def _dminmax_gradients(
             torch.autograd.grad((logits * m).sum(), acts, retain_graph=i < 2)[0]
             for i, m in enumerate((target, others, present))
         ]
-    return (*grads, others.sum(dim=1), present.sum(dim=1))
+    return (*(g.float() for g in grads), others.sum(dim=1), present.sum(dim=1))
 
 
 def _tap_and_logits(
@@ -261,8 +275,11 @@ def _tap_and_logits(
     the graph; other taps run the encoder with a graph.
     """
     if features is not None:
-        acts = features[tap].detach().requires_grad_(with_grads)
-        return acts, model.classifier(acts)
+        # GAP + linear is cheap: run it in float32 even inside autocast, so gradients
+        # and scores keep full precision when the encoder ran in bfloat16/float16.
+        acts = features[tap].detach().float().requires_grad_(with_grads)
+        with _full_precision(x.device):
+            return acts, model.classifier(acts)
     feats = model.forward_features(x.detach().requires_grad_(True))
     return feats[tap], model.classify(feats)
 
@@ -287,7 +304,8 @@ def _activations_and_gradients(
         if with_grads:
             score = logits.gather(1, t[:, None]).sum()
             (grads,) = torch.autograd.grad(score, acts)
-    return acts.detach(), grads, logits.detach(), t
+    grads = None if grads is None else grads.float()
+    return acts.detach().float(), grads, logits.detach().float(), t
 
 
 def _noisy_gradients(

@@ -55,7 +55,9 @@ def scorecam_scores(
     scores = torch.full((batch, channels), float("-inf"), device=x.device, dtype=x.dtype)
     if blank.any():
         blank_logits = model(torch.zeros_like(x[:1]))[0]
-        scores[blank] = blank_logits[targets].unsqueeze(1).expand(-1, channels)[blank]
+        scores[blank] = (
+            blank_logits[targets].unsqueeze(1).expand(-1, channels)[blank].to(scores.dtype)
+        )
 
     pairs = varying.nonzero()  # [N, 2] of (image, channel)
     for start in range(0, pairs.shape[0], batch_size):
@@ -68,5 +70,5 @@ def scorecam_scores(
         m_hi = m_flat.amax(dim=1).view(-1, 1, 1, 1)
         masks = (masks - m_lo) / (m_hi - m_lo + 1e-8)
         logits = model(x[b] * masks)
-        scores[b, k] = logits.gather(1, targets[b].unsqueeze(1))[:, 0]
+        scores[b, k] = logits.gather(1, targets[b].unsqueeze(1))[:, 0].to(scores.dtype)
     return scores
