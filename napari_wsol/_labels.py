@@ -231,6 +231,7 @@ class LabelsMixin:
             keep_weight=float(tune["keep_weight"]),
             keep_fg=float(tune["keep_fg"]),
             heads_crop=int(tune["crop"]),
+            cpu_precision=str(tune["precision"]),
             cam_method=self.seed_method.value,
             bg_fraction=float(self.bg_fraction.value),
             erode=int(self.erode.value),

@@ -277,3 +277,59 @@ def test_a_step_that_breaks_the_weights_is_undone() -> None:
         train(model, data, "fcam", TrainConfig(epochs=1, batch_size=4, lr=1e30, cam_method="cam"))
     assert all(torch.isfinite(w).all() for w in _weights(model.decoder))
     assert _same(decoder, _weights(model.decoder))
+
+
+def test_heads_round_in_cpu_bfloat16_learns_the_strokes() -> None:
+    # The app's round runs in bfloat16 on CPUs that have it (cpu_precision="auto"):
+    # the strokes must pull the map as in float32, with float32 weights kept.
+    data, _ = _toy(n=4)
+    images = data.images[data.labels == 1]
+    corrections = torch.full((len(images), 64, 64), IGNORE)
+    corrections[:, 10:14, 10:14] = BG
+
+    def round_(precision: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model = _model()
+        config = TrainConfig(
+            steps=20, batch_size=2, lr=3e-3, heads=("fcam",), seeds_per_class=0,
+            cpu_precision=precision,
+        )  # fmt: skip
+        train(model, TrainData(images, torch.ones(len(images), dtype=torch.long), corrections),
+              "heads", config)  # fmt: skip
+        with torch.no_grad():
+            fg = torch.softmax(model.forward_heads(model.normalize(images)).fcam, 1)[:, 1]
+        return fg, _weights(model.decoder)
+
+    model = _model()
+    with torch.no_grad():
+        before = torch.softmax(model.forward_heads(model.normalize(images)).fcam, 1)[:, 1]
+    full, full_weights = round_("float32")
+    low, low_weights = round_("bfloat16")
+    assert all(w.dtype == torch.float32 for w in low_weights)
+    assert not _same(full_weights, low_weights)  # it did run in bfloat16
+    stroke = (slice(None), slice(10, 14), slice(10, 14))
+    pull_full = float((before - full)[stroke].mean())
+    pull_low = float((before - low)[stroke].mean())
+    far = torch.ones(64, 64, dtype=torch.bool)
+    far[:30, :30] = False
+    drift_full = float((full - before)[:, far].abs().mean())
+    drift_low = float((low - before)[:, far].abs().mean())
+    # In both, the map moves most where it was painted. (On this random decoder the
+    # bfloat16 round moves the map about 3x as much everywhere: Adam turns rounding noise
+    # in tiny gradients into full-size steps. On trained models the correction benchmark
+    # gives the same Dice gain in both precisions; docs/BENCHMARKS.md.)
+    assert pull_full > 0.05 and drift_full < 0.7 * pull_full, (pull_full, drift_full)
+    assert pull_low > 0.05 and drift_low < 0.7 * pull_low, (pull_low, drift_low)
+
+
+def test_fine_tune_defaults_double_the_steps_in_reduced_precision(monkeypatch) -> None:
+    import wsol.precision
+    from wsol.session import FINE_TUNE, SessionState, fine_tune_defaults
+
+    assert fine_tune_defaults("cuda")["steps"] == 40  # float16 on CUDA
+    monkeypatch.setattr(wsol.precision, "cpu_has_native_bf16", lambda: True)
+    assert fine_tune_defaults("cpu")["steps"] == 40
+    assert SessionState(slide="s.svs").fine_tune["steps"] == 40
+    monkeypatch.setattr(wsol.precision, "cpu_has_native_bf16", lambda: False)
+    assert fine_tune_defaults("cpu") == FINE_TUNE and FINE_TUNE["steps"] == 20
+    # A session saved with its own steps keeps them.
+    assert SessionState(slide="s.svs", fine_tune={"steps": 7}).fine_tune["steps"] == 7

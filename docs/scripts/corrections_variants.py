@@ -47,8 +47,8 @@ Variants:
   of 10 disks, so every pixel of the region is a correction. An upper bound: what the
   round's fine-tuning can learn in its steps when nothing is left to guess.
 - ``bf16``: the round's steps under bfloat16 autocast on the CPU (weights and optimizer
-  stay float32), as ``infer_slide`` runs on a CPU with native bfloat16: the same work in
-  less time.
+  stay float32; ``TrainConfig.cpu_precision``), as the app runs them on a CPU with native
+  bfloat16: the same work in less time.
 - ``set-FIELD=VALUE[,FIELD=VALUE]``: any ``TrainConfig`` field for the round
   (``set-crf_weight=3.0``, ``set-seeds_per_class=32``).
 
@@ -64,6 +64,10 @@ lesion border: the share within 2, 4 and 8 px, and the false positive and negati
 (right before, wrong after), how many of the broken ones are new false positives, and
 how many of each lie more than 48 px from any stroke (means per region).
 
+Every variant starts from the float32 round of 20 steps, the app's defaults until
+2026-11-22 and still on a CPU without native bfloat16, on which the variant rows in
+docs/BENCHMARKS.md were measured; ``--precision auto --steps 40`` starts from today's
+defaults on a CPU with native bfloat16.
 ``--steps N`` changes the steps per round for every variant run, ``--radius R`` the
 simulated user's disks (4 px, the app's brush, by default). ``--repeats N`` runs
 each variant with fine-tuning seeds 0..N-1 and reports the mean (default 1: seed 0
@@ -85,6 +89,7 @@ from scipy import ndimage
 
 import wsol.bench_corrections as bc
 from wsol.losses import keep_loss, partial_cross_entropy
+from wsol.precision import PRECISIONS
 from wsol.pseudo import BG, FG, IGNORE, apply_corrections
 from wsol.train import TrainConfig, loop
 
@@ -197,17 +202,6 @@ def _cosine(peak: float):
         self.optimizer.step = scheduled
 
     return make
-
-
-def _bf16():
-    original = loop._Trainer.__init__
-
-    def init(self, model, data, stage, config):
-        original(self, model, data, stage, config)
-        if stage == "heads" and self.device.type == "cpu":
-            self.amp, self.amp_dtype = True, torch.bfloat16
-
-    return _patched(loop._Trainer, "__init__", init)
 
 
 def _freeze_deep(self, model, config) -> None:
@@ -568,7 +562,7 @@ def _variant(name: str):
     if name == "paint-all":
         return _paint_all(), {}
     if name == "bf16":
-        return _bf16(), {}
+        return contextlib.nullcontext(), {"cpu_precision": "bfloat16"}
     raise SystemExit(f"unknown variant {name!r}")
 
 
@@ -578,7 +572,14 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("variants", nargs="+")
     parser.add_argument("--regions", type=int, default=12)
-    parser.add_argument("--steps", type=int, help="steps per round (default: the app's)")
+    parser.add_argument("--steps", type=int, help="steps per round (default 20)")
+    parser.add_argument(
+        "--precision",
+        default="float32",
+        choices=PRECISIONS,
+        help="what the round runs in on a CPU (default float32; auto with --steps 40: the "
+        "app's defaults on a CPU with native bfloat16)",
+    )
     parser.add_argument(
         "--radius", type=int, default=4, help="radius of the simulated user's disks (px)"
     )
@@ -609,7 +610,6 @@ def main() -> None:
             return TrainConfig(**{**given, **settings})
 
         with patch, oracle, border, flipped, _patched(bc, "TrainConfig", config):
-            steps = {} if args.steps is None else {"steps": args.steps}
             report = bc.bench_corrections(
                 args.data,
                 args.checkpoint,
@@ -617,13 +617,15 @@ def main() -> None:
                 repeats=args.repeats,
                 radius=args.radius,
                 log=lambda *a: None,
-                **steps,
+                steps=args.steps or 20,
+                precision=args.precision,
             )
         honoured = {
             k: " / ".join("-" if v is None else f"{100 * v:.0f}%" for v in values)
             for k, values in report["strokes_honoured"].items()
         }
         label = name + ("" if args.steps is None else f" ({args.steps} steps)")
+        label += "" if args.precision == "float32" else f" ({args.precision})"
         label += "" if args.radius == 4 else f" (radius {args.radius})"
         gain = f"gain {report['gain']:+.1f}"
         if args.repeats > 1:

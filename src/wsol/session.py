@@ -21,15 +21,19 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from wsol.atomic import atomic_path
 from wsol.errors import InputError
+from wsol.precision import autocast_dtype
 from wsol.region import Region
 
 # "Fine-tune heads" defaults, as `wsol bench corrections` measured them
-# (docs/BENCHMARKS.md): 20 steps of 192-px windows at lr 1.5e-4, each head held to
-# its earlier map where nothing is painted. Older session files lack the last two keys.
+# (docs/BENCHMARKS.md): 192-px windows at lr 1.5e-4, each head held to its earlier map
+# where nothing is painted; 20 steps in float32, or REDUCED_PRECISION_STEPS where the
+# round runs in bfloat16 (a CPU with native bfloat16) or float16 (CUDA) and twice the
+# steps fit the same time. Older session files lack the later keys.
 FINE_TUNE = {
     "heads": ["fcam"],
     "steps": 20,
@@ -38,7 +42,18 @@ FINE_TUNE = {
     "keep_fg": 2.0,
     "crop": 192,
     "guide": False,
+    "precision": "auto",  # on a CPU: TrainConfig.cpu_precision; CUDA uses float16
 }
+REDUCED_PRECISION_STEPS = 40
+
+
+def fine_tune_defaults(device: str | torch.device = "cpu") -> dict:
+    """:data:`FINE_TUNE` for ``device``: its steps are what a ~5 s round affords there."""
+    tune = dict(FINE_TUNE)
+    if autocast_dtype(device, tune["precision"]) is not None:
+        tune["steps"] = REDUCED_PRECISION_STEPS
+    return tune
+
 
 SESSION_FILE = "session.json"
 FORMAT = 1
@@ -70,7 +85,7 @@ class SessionState:
             "seeds_per_class": 64,
         }
     )
-    fine_tune: dict = field(default_factory=lambda: dict(FINE_TUNE))
+    fine_tune: dict = field(default_factory=fine_tune_defaults)
 
     def __post_init__(self) -> None:
         # Session files written before a setting existed lack its key.

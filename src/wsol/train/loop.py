@@ -23,6 +23,7 @@ from wsol.errors import InputError, WSOLError
 from wsol.guidance import cam_logits, guidance_loss
 from wsol.losses import BarrierSchedule, crf_loss, keep_loss, partial_cross_entropy, size_loss
 from wsol.model import WSOLModel
+from wsol.precision import autocast_dtype
 from wsol.pseudo import BG, FG, IGNORE, apply_corrections, sample_seeds
 from wsol.train.augment import apply_dihedral, stain_jitter
 
@@ -141,7 +142,10 @@ class TrainConfig:
     guide_method: str = "cam"  # "guided": the differentiable map the pixel labels act on
     guide_weight: float = 1.0
     labelled_fraction: float = 0.25  # "guided"/"heads": batch share from pixel-labelled images
-    amp: bool = True
+    amp: bool = True  # float16 autocast on CUDA
+    # On a CPU: "float32", or bfloat16 autocast ("bfloat16"; "auto": only where the CPU
+    # has native bfloat16, see wsol.precision). Weights and optimizer stay float32.
+    cpu_precision: str = "float32"
 
 
 @dataclass
@@ -228,8 +232,11 @@ class _Trainer:
     def __init__(self, model: WSOLModel, data: TrainData, stage: str, config: TrainConfig) -> None:
         self.model, self.data, self.stage, self.config = model, data, stage, config
         self.device = model.device
-        self.amp = config.amp and self.device.type == "cuda"
-        self.amp_dtype = torch.float16
+        if self.device.type == "cuda":
+            self.amp, self.amp_dtype = config.amp, torch.float16
+        else:
+            cpu_dtype = autocast_dtype(self.device, config.cpu_precision)
+            self.amp, self.amp_dtype = cpu_dtype is not None, cpu_dtype
         self.barrier = BarrierSchedule(config.barrier_t0, config.barrier_factor, config.barrier_cap)
         negative = config.negative_class
         if negative == -1:
@@ -254,7 +261,8 @@ class _Trainer:
         self.optimizer = torch.optim.AdamW(
             self.params, lr=config.lr, weight_decay=config.weight_decay
         )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        # bfloat16 has float32's range: only CUDA's float16 needs its loss scaled.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.type == "cuda")
         self.maps: torch.Tensor | None = None  # fixed seed maps (fcam, heads)
         self.features: list[torch.Tensor] | None = None  # cached features (heads)
         self.keep: dict[str, torch.Tensor] = {}  # each head's probabilities before (heads)
@@ -448,38 +456,43 @@ class _Trainer:
             seeds = self._seeds(maps, labels, corrections, gen)
             if self.stage == "fcam" or (self.stage == "heads" and "fcam" in self.config.heads):
                 head = self.model.fcam_logits(features, size).float()
-                probs = torch.softmax(head, dim=1)
-                losses["fcam_pce"] = partial_cross_entropy(head, seeds)
-                losses["crf"] = crf_loss(
-                    probs, images, radius=self.config.crf_radius, scale=self.config.crf_scale
-                )
-                positive = self._positive(labels)
-                t = self.barrier(epoch)
-                losses["size"] = (
-                    size_loss(probs[positive], t) if positive.any() else probs.sum() * 0
-                )
-                total = (
-                    total
-                    + losses["fcam_pce"]
-                    + self.config.crf_weight * losses["crf"]
-                    + self.config.size_weight * losses["size"]
-                )
-                if "fcam" in keep:
-                    losses["fcam_keep"] = keep_loss(
-                        head, keep["fcam"], unpainted, fg_extra=self.config.keep_fg
+                # The losses run in float32 whatever the heads ran in.
+                with torch.autocast(self.device.type, enabled=False):
+                    probs = torch.softmax(head, dim=1)
+                    losses["fcam_pce"] = partial_cross_entropy(head, seeds)
+                    losses["crf"] = crf_loss(
+                        probs, images, radius=self.config.crf_radius, scale=self.config.crf_scale
                     )
-                    total = total + self.config.keep_weight * losses["fcam_keep"]
+                    positive = self._positive(labels)
+                    t = self.barrier(epoch)
+                    losses["size"] = (
+                        size_loss(probs[positive], t) if positive.any() else probs.sum() * 0
+                    )
+                    total = (
+                        total
+                        + losses["fcam_pce"]
+                        + self.config.crf_weight * losses["crf"]
+                        + self.config.size_weight * losses["size"]
+                    )
+                    if "fcam" in keep:
+                        losses["fcam_keep"] = keep_loss(
+                            head, keep["fcam"], unpainted, fg_extra=self.config.keep_fg
+                        )
+                        total = total + self.config.keep_weight * losses["fcam_keep"]
             if self.stage == "pixelcam" or (
                 self.stage == "heads" and "pixelcam" in self.config.heads
             ):
                 head = self.model.pixel_logits(features, size).float()
-                losses["pixel_pce"] = partial_cross_entropy(head, self._pixel_labels(seeds, labels))
-                total = total + self.config.pixel_weight * losses["pixel_pce"]
-                if "pixelcam" in keep:
-                    losses["pixel_keep"] = keep_loss(
-                        head, keep["pixelcam"], unpainted, fg_extra=self.config.keep_fg
+                with torch.autocast(self.device.type, enabled=False):
+                    losses["pixel_pce"] = partial_cross_entropy(
+                        head, self._pixel_labels(seeds, labels)
                     )
-                    total = total + self.config.keep_weight * losses["pixel_keep"]
+                    total = total + self.config.pixel_weight * losses["pixel_pce"]
+                    if "pixelcam" in keep:
+                        losses["pixel_keep"] = keep_loss(
+                            head, keep["pixelcam"], unpainted, fg_extra=self.config.keep_fg
+                        )
+                        total = total + self.config.keep_weight * losses["pixel_keep"]
         losses["loss"] = total
         return losses
 
