@@ -153,7 +153,6 @@ def bench_cams(
         "ours_half": lambda: compute_many(model, x_score, ["scorecam"], scorecam_scale=0.5),
     }
     low = autocast_dtype(device, precision)
-    low_name = f"scorecam ({dtype_name(low)} autocast)"
     if low is not None:
 
         def ours_low() -> None:
@@ -170,7 +169,7 @@ def bench_cams(
     per_image_floor = floor / batch
     variants = [("ours", "scorecam"), ("ours_half", "scorecam (scorecam_scale=0.5)")]
     if low is not None:
-        variants.insert(1, ("ours_low", low_name))
+        variants.insert(1, ("ours_low", f"scorecam ({dtype_name(low)} autocast)"))
     for key, name in variants:
         row = {
             "method": name,

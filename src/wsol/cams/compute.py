@@ -184,9 +184,9 @@ def compute_many(
                         )
                 with _full_precision(x.device):
                     if method == "cam":
-                        raw = formulas.cam(acts, model.classifier.weight[t].float())
+                        raw = formulas.cam(acts, model.classifier.weight[t])
                     elif method == "minmaxcam":
-                        raw = formulas.minmaxcam(acts, model.classifier.weight.float(), t, present)
+                        raw = formulas.minmaxcam(acts, model.classifier.weight, t, present)
                     elif method == "dminmaxgradcam":
                         raw = formulas.dminmax_gradcam(acts, *minmax_grads)
                     elif method in _GRADIENT_METHODS:

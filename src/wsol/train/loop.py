@@ -456,43 +456,38 @@ class _Trainer:
             seeds = self._seeds(maps, labels, corrections, gen)
             if self.stage == "fcam" or (self.stage == "heads" and "fcam" in self.config.heads):
                 head = self.model.fcam_logits(features, size).float()
-                # The losses run in float32 whatever the heads ran in.
-                with torch.autocast(self.device.type, enabled=False):
-                    probs = torch.softmax(head, dim=1)
-                    losses["fcam_pce"] = partial_cross_entropy(head, seeds)
-                    losses["crf"] = crf_loss(
-                        probs, images, radius=self.config.crf_radius, scale=self.config.crf_scale
+                probs = torch.softmax(head, dim=1)
+                losses["fcam_pce"] = partial_cross_entropy(head, seeds)
+                losses["crf"] = crf_loss(
+                    probs, images, radius=self.config.crf_radius, scale=self.config.crf_scale
+                )
+                positive = self._positive(labels)
+                t = self.barrier(epoch)
+                losses["size"] = (
+                    size_loss(probs[positive], t) if positive.any() else probs.sum() * 0
+                )
+                total = (
+                    total
+                    + losses["fcam_pce"]
+                    + self.config.crf_weight * losses["crf"]
+                    + self.config.size_weight * losses["size"]
+                )
+                if "fcam" in keep:
+                    losses["fcam_keep"] = keep_loss(
+                        head, keep["fcam"], unpainted, fg_extra=self.config.keep_fg
                     )
-                    positive = self._positive(labels)
-                    t = self.barrier(epoch)
-                    losses["size"] = (
-                        size_loss(probs[positive], t) if positive.any() else probs.sum() * 0
-                    )
-                    total = (
-                        total
-                        + losses["fcam_pce"]
-                        + self.config.crf_weight * losses["crf"]
-                        + self.config.size_weight * losses["size"]
-                    )
-                    if "fcam" in keep:
-                        losses["fcam_keep"] = keep_loss(
-                            head, keep["fcam"], unpainted, fg_extra=self.config.keep_fg
-                        )
-                        total = total + self.config.keep_weight * losses["fcam_keep"]
+                    total = total + self.config.keep_weight * losses["fcam_keep"]
             if self.stage == "pixelcam" or (
                 self.stage == "heads" and "pixelcam" in self.config.heads
             ):
                 head = self.model.pixel_logits(features, size).float()
-                with torch.autocast(self.device.type, enabled=False):
-                    losses["pixel_pce"] = partial_cross_entropy(
-                        head, self._pixel_labels(seeds, labels)
+                losses["pixel_pce"] = partial_cross_entropy(head, self._pixel_labels(seeds, labels))
+                total = total + self.config.pixel_weight * losses["pixel_pce"]
+                if "pixelcam" in keep:
+                    losses["pixel_keep"] = keep_loss(
+                        head, keep["pixelcam"], unpainted, fg_extra=self.config.keep_fg
                     )
-                    total = total + self.config.pixel_weight * losses["pixel_pce"]
-                    if "pixelcam" in keep:
-                        losses["pixel_keep"] = keep_loss(
-                            head, keep["pixelcam"], unpainted, fg_extra=self.config.keep_fg
-                        )
-                        total = total + self.config.keep_weight * losses["pixel_keep"]
+                    total = total + self.config.keep_weight * losses["pixel_keep"]
         losses["loss"] = total
         return losses
 
