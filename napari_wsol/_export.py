@@ -191,8 +191,14 @@ class ExportSessionMixin:
         ):
             with widget.changed.blocked():
                 widget.value = state.seeder[key]
-        with self.heads.changed.blocked():
-            self.heads.value = state.fine_tune["heads"]
+        for widget, key in (
+            (self.heads, "heads"),
+            (self.steps, "steps"),
+            (self.lr, "lr"),
+            (self.guide, "guide"),
+        ):
+            with widget.changed.blocked():
+                widget.value = state.fine_tune[key]
         store_path = session.path(state.store)
         if store_path is not None and store_path.exists():
             store = MapStore.open(store_path)

@@ -229,10 +229,10 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         tune = self.session.state.fine_tune
         self.heads = Select(label="heads", choices=["fcam", "pixelcam"], value=tune["heads"])
         self.steps = SpinBox(label="steps", min=1, max=1000, value=tune["steps"])
-        self.lr = FloatSpinBox(
-            label="learning rate", min=1e-6, max=1e-1, step=1e-4, value=tune["lr"]
-        )
+        self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1e-1, step=1e-4)
+        # Decimals first: the spin box rounds its value to them (1.5e-4 became 1e-4).
         self.lr.native.setDecimals(6)
+        self.lr.value = tune["lr"]
         self.guide = CheckBox(
             text="Also guide the classifier's own CAM", value=bool(tune.get("guide", False))
         )

@@ -243,6 +243,16 @@ def test_pseudo_labels_paint_flip_undo_are_saved_as_made(app, qtbot) -> None:
     assert widget.flip_at(-5, -5) is False  # outside: nothing happens
 
 
+def test_train_tab_starts_from_the_measured_fine_tune_defaults(viewer) -> None:
+    from wsol.session import fine_tune_defaults
+
+    widget = _dock(viewer)
+    tune = fine_tune_defaults()
+    assert widget.steps.value == tune["steps"]
+    assert widget.lr.value == pytest.approx(tune["lr"])  # 1.5e-4, not rounded to 1e-4
+    assert list(widget.heads.value) == tune["heads"]
+
+
 def test_fine_tune_adds_a_version_refreshes_overlays_and_reverts(app, qtbot) -> None:
     viewer, widget, _ = app
     _, corrections = _labels_of(viewer, widget, qtbot)
@@ -398,6 +408,7 @@ def test_session_round_trip_reproduces_the_layers(
     widget.threshold.value = 0.35
     widget.diff_a.value, widget.diff_b.value = "fcam", "cam"
     widget.show_disagreement()
+    widget.steps.value, widget.lr.value = 7, 3.5e-4
     _, corrections = _labels_of(viewer, widget, qtbot)
     with corrections.block_history():
         corrections.paint((30, 40), 2)
@@ -421,6 +432,7 @@ def test_session_round_trip_reproduces_the_layers(
         np.testing.assert_allclose(a.translate, b.translate)
     assert restored.threshold.value == pytest.approx(0.35)
     assert restored.methods.value == widget.methods.value
+    assert restored.steps.value == 7 and restored.lr.value == pytest.approx(3.5e-4)
 
 
 def test_open_session_names_a_bad_folder(app, tmp_path: Path) -> None:
