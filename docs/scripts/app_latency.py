@@ -129,7 +129,8 @@ def main() -> None:
     for _ in range(args.repeats):
         tunes.append(job(widget.fine_tune))  # the round, then the overlays recomputed
         print("fine-tune", tunes[-1], widget.train_info.value, flush=True)
-    report["jobs"]["fine-tune heads (15 steps) + overlay refresh"] = tunes
+    steps = int(widget.steps.value)  # the app's default for this machine
+    report["jobs"][f"fine-tune heads ({steps} steps) + overlay refresh"] = tunes
     # What a job's start costs the GUI thread before any of our code runs: napari's
     # progress bar (the activity dock adds a widget and repaints the window).
     from napari.utils import progress
@@ -144,7 +145,10 @@ def main() -> None:
     report["napari_progress_bar_creation_ms"] = round(statistics.median(costs), 1)
     stalls = [r["max_stall_ms"] for runs_ in report["jobs"].values() for r in runs_]
     report["max_stall_ms"] = max(stalls)
-    report["device"] = "CPU (2 cores), Xvfb + Mesa llvmpipe"
+    from wsol.machine import describe
+
+    report["device"] = "CPU, Xvfb + Mesa llvmpipe"
+    report["machine"] = describe()
     print(json.dumps(report, indent=1))
     if args.json:
         with open(args.json, "w") as fh:
