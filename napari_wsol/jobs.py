@@ -9,9 +9,7 @@ normally (with its partial results saved) instead of being torn down mid-write.
 
 from __future__ import annotations
 
-import os
 import queue
-import sys
 import threading
 from collections.abc import Callable, Generator
 from typing import Any
@@ -33,7 +31,6 @@ def stream(
         reports.put((_PROGRESS, report))
 
     def target() -> None:
-        yield_to_the_viewer()
         try:
             result = call(*args, progress=progress, should_stop=stop.is_set, **kwargs)
         except BaseException as exc:
@@ -50,20 +47,3 @@ def stream(
             raise payload
         else:
             return payload
-
-
-#: Nice value of a job's thread (an experiment: see docs/BENCHMARKS.md, issue 5).
-JOB_NICENESS = 10
-
-
-def yield_to_the_viewer() -> None:
-    """Lower the calling thread's CPU priority (Linux); the OpenMP team it then starts
-    inherits it."""
-    if not sys.platform.startswith("linux"):
-        return
-    tid = threading.get_native_id()
-    try:
-        if os.getpriority(os.PRIO_PROCESS, tid) < JOB_NICENESS:
-            os.setpriority(os.PRIO_PROCESS, tid, JOB_NICENESS)
-    except OSError:
-        pass
