@@ -35,6 +35,11 @@ def _weights(module: torch.nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in module.parameters()]
 
 
+@torch.no_grad()
+def _fcam_foreground(model: wsol.WSOLModel, images: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(model.forward_heads(model.normalize(images)).fcam, 1)[:, 1]
+
+
 def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
@@ -130,8 +135,7 @@ def test_heads_stage_learns_from_the_users_corrections() -> None:
             keep_weight=0.0,
         )
         train(model, train_data, "heads", config)
-        with torch.no_grad():
-            fg = torch.softmax(model.forward_heads(model.normalize(images)).fcam, 1)[:, 1]
+        fg = _fcam_foreground(model, images)
         return float(fg[unpainted_lesion].mean()), float(fg[unpainted_tissue].mean())
 
     lesion, tissue = fg_probability(True)
@@ -150,16 +154,14 @@ def test_heads_stage_keeps_batchnorm_statistics_and_what_nobody_painted() -> Non
 
     def round_(keep_weight: float) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         model = _model()
-        with torch.no_grad():
-            before = torch.softmax(model.forward_heads(model.normalize(images)).fcam, 1)[:, 1]
+        before = _fcam_foreground(model, images)
         config = TrainConfig(
             steps=20, batch_size=2, lr=3e-3, heads=("fcam",), seeds_per_class=0,
             keep_weight=keep_weight,
         )  # fmt: skip
         train(model, TrainData(images, torch.ones(len(images), dtype=torch.long), corrections),
               "heads", config)  # fmt: skip
-        with torch.no_grad():
-            after = torch.softmax(model.forward_heads(model.normalize(images)).fcam, 1)[:, 1]
+        after = _fcam_foreground(model, images)
         return before, after, [b.clone() for b in model.decoder.buffers()]
 
     before, kept, buffers = round_(3.0)
@@ -295,13 +297,11 @@ def test_heads_round_in_cpu_bfloat16_learns_the_strokes() -> None:
         )  # fmt: skip
         train(model, TrainData(images, torch.ones(len(images), dtype=torch.long), corrections),
               "heads", config)  # fmt: skip
-        with torch.no_grad():
-            fg = torch.softmax(model.forward_heads(model.normalize(images)).fcam, 1)[:, 1]
+        fg = _fcam_foreground(model, images)
         return fg, _weights(model.decoder)
 
     model = _model()
-    with torch.no_grad():
-        before = torch.softmax(model.forward_heads(model.normalize(images)).fcam, 1)[:, 1]
+    before = _fcam_foreground(model, images)
     full, full_weights = round_("float32")
     low, low_weights = round_("bfloat16")
     assert all(w.dtype == torch.float32 for w in low_weights)
