@@ -82,35 +82,49 @@ class LabelsMixin:
 
     def _pseudo_done(self, result) -> None:
         region, rgb, pseudo, corrections = result
-        self._show_labels(self._edit_layer, region, pseudo, corrections, rgb)
+        self._show_labels(self._edit_layer, region, pseudo, corrections, rgb, spread=True)
         self.status.value = (
             f"Pseudo-labels of {region.shape[1]} x {region.shape[0]} px: "
             f"{(pseudo == 2).mean():.0%} fg, {(pseudo == 1).mean():.0%} bg, rest ignored."
         )
 
-    def _show_labels(self, layer, region, pseudo, corrections, rgb=None) -> None:
-        self._edit = {"region": region, "pseudo": pseudo, "rgb": rgb}
-        self.session.state.edit_region = region.to_dict()
+    def _show_labels(
+        self, layer, region, pseudo, corrections, rgb=None, spread: bool = False
+    ) -> None:
+        """Show pseudo-labels and corrections; with ``spread``, each layer on its own turn."""
         place = L.Placement.of(layer)
         grid = place.grid(region.downsample, region.y, region.x)
         meta = {"slide_mpp": place.slide_mpp, "label_names": L.LABEL_NAMES}
-        fresh = corrections is None
-        if fresh:
+        if corrections is None:
             corrections = np.zeros(region.shape, np.uint8)
-        self._saved_corrections = corrections.copy()
+            self.session.save_labels(region, "corrections", corrections)
+        edit = {"region": region, "pseudo": pseudo, "rgb": rgb}
+        run = self._stepper(spread)
+        run(self._show_pseudo_layer, pseudo, grid, meta)
+        run(self._show_corrections_layer, edit, corrections, grid, meta)
+
+    def _show_pseudo_layer(self, pseudo, grid: dict, meta: dict) -> None:
         # Layers are made once and then given new data: creating a layer costs the GUI
         # thread far more than replacing its pixels.
         if PSEUDO_LAYER in self.viewer.layers:
             self._replace(self.viewer.layers[PSEUDO_LAYER], pseudo, grid, meta)
-        else:
-            self.viewer.add_labels(
-                pseudo,
-                name=PSEUDO_LAYER,
-                opacity=0.35,
-                colormap=L.label_colormap(L.PSEUDO_COLORS),
-                metadata=meta,
-                **grid,
-            ).editable = False
+            return
+        self.viewer.add_labels(
+            pseudo,
+            name=PSEUDO_LAYER,
+            opacity=0.35,
+            colormap=L.label_colormap(L.PSEUDO_COLORS),
+            metadata=meta,
+            **grid,
+        ).editable = False
+
+    def _show_corrections_layer(self, edit: dict, corrections, grid: dict, meta: dict) -> None:
+        # The edited region changes in the same turn as the layer's pixels, so a save
+        # of the corrections never writes one region's strokes under another's name.
+        self._edit = edit
+        self.session.state.edit_region = edit["region"].to_dict()
+        self._saved_corrections = corrections.copy()
+        self._save_session()
         if CORRECTIONS_LAYER in self.viewer.layers:
             painted = self.viewer.layers[CORRECTIONS_LAYER]
             self._replace(painted, corrections, grid, meta)
@@ -128,11 +142,8 @@ class LabelsMixin:
             painted.events.paint.connect(self._corrections_edited)
             painted.events.set_data.connect(self._corrections_edited)  # undo / redo
             painted.mouse_drag_callbacks.append(self._flip_click)
-        if fresh:
-            self.session.save_labels(region, "corrections", corrections)
         self.viewer.layers.selection.active = painted
         painted.mode = "pan_zoom" if self.flip.value else "paint"
-        self._save_session()
 
     @staticmethod
     def _replace(layer, data, grid: dict, meta: dict) -> None:

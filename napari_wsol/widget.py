@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,7 @@ from qtpy.QtWidgets import QScrollArea, QSizePolicy, QTabWidget, QVBoxLayout, QW
 
 from napari_wsol import layers as L
 from napari_wsol._export import ExportSessionMixin
+from napari_wsol._heap import freeze_startup_heap
 from napari_wsol._labels import LabelsMixin
 from napari_wsol._thresholds import ThresholdsMixin
 from napari_wsol.jobs import stream
@@ -70,6 +72,18 @@ def _label(text: str) -> Label:
     label = Label(value=text)
     label.native.setWordWrap(True)
     return label
+
+
+def _warm_labels() -> None:
+    """Pay napari's one-off imports for Labels layers now, with the widget's start-up.
+
+    The first Labels layer of a process imports pandas and ~500 other modules (0.5 s on
+    a 2-core CPU); left to the first pseudo-label or mask layer, that freezes the viewer
+    in the middle of the user's work.
+    """
+    from napari.layers import Labels
+
+    Labels(np.zeros((1, 1), np.uint8))
 
 
 def faithfulness_html(target: str, scores: dict[str, dict]) -> str:
@@ -117,6 +131,12 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self._stale: list[str] = []  # overlays still showing a previous run's maps
         self._refresh_turn = -1
         self.levels: dict = {}
+        self._turns: deque = deque()  # GUI steps waiting for their own event-loop turn
+        self._turn_timer = QTimer(self)
+        self._turn_timer.setSingleShot(True)
+        self._turn_timer.setInterval(0)
+        self._turn_timer.timeout.connect(self._next_turn)
+        _warm_labels()
 
         self._build()
         start = self._checkpoint_path()
@@ -130,6 +150,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self._save_timer.setInterval(300)
         self._save_timer.timeout.connect(self._save_session)
         self._show_model_info()
+        freeze_startup_heap()
 
     # ================================================================ construction
     def _build(self) -> None:
@@ -504,7 +525,38 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
     def _failed(self, exc: Exception) -> None:
         self.status.value = f"Error: {exc}"
 
+    def _later(self, step, *args) -> None:
+        """Run ``step(*args)`` on an event-loop turn of its own, after the steps queued before.
+
+        A new napari layer costs the GUI thread 70-160 ms here and a repaint 40-100 ms;
+        done back to back in one handler they froze the viewer for 300+ ms. One per
+        turn, napari repaints and takes input between them.
+        """
+        self._turns.append((step, args))
+        if len(self._turns) == 1:
+            self._turn_timer.start()
+
+    def _stepper(self, spread: bool):
+        """``run(step, *args)``: on a turn of its own (``spread``) or right now."""
+        return self._later if spread else lambda step, *args: step(*args)
+
+    def _next_turn(self) -> None:
+        step, args = self._turns[0]
+        try:
+            step(*args)
+        finally:
+            self._turns.popleft()
+            if self._turns:
+                self._turn_timer.start()
+
     def _finished(self) -> None:
+        # The job counts as running until the layers its result queued exist.
+        if self._turns:
+            self._later(self._finish)
+        else:
+            self._finish()
+
+    def _finish(self) -> None:
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
@@ -660,7 +712,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
 
     def _run_done(self, payload) -> None:
         result, levels = payload
-        self._open_store(result.store, self._run_layer, levels)
+        self._open_store(result.store, self._run_layer, levels, spread=True)
         self._show_scores()
         n = result.tiles_run
         what = "Cancelled" if result.cancelled else "Done"
@@ -670,21 +722,28 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self._save_session()
 
     def _open_store(
-        self, store: MapStore, layer, levels: dict | None = None, show: bool = True
+        self,
+        store: MapStore,
+        layer,
+        levels: dict | None = None,
+        show: bool = True,
+        spread: bool = False,
     ) -> None:
         """Show the store's maps as overlays (and keep thresholds/disagreement on it).
 
         ``levels``: finished maps already read into memory (by :func:`L.load_levels` on
         the worker thread); without them the maps are read lazily as they stream in.
         With ``show`` False the overlays are left to :meth:`_show_overlay` (streaming).
+        With ``spread`` each layer is made or updated on its own turn (:meth:`_later`).
         """
+        run = self._stepper(spread)
         self.store = store
         self.levels = levels or {m: L.map_levels(store, m) for m in store.methods}
         self.session.state.store = str(store.path.relative_to(self.session.folder))
         self._overlay_place = L.Placement.of(layer)
         if show:
             for method in store.methods:
-                self._show_overlay(method)
+                run(self._show_overlay, method)
         names = list(store.methods)
         for combo in (self.thr_method, self.diff_a, self.diff_b):
             current = combo.value
@@ -697,9 +756,9 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self.export_level.max = max(0, len(store.levels(names[0])) - 1)
         for method in names:
             if f"{method} mask" in self.viewer.layers:
-                self._mask_layer(method, replace=True)
+                run(self._mask_layer, method, True)
         if levels is not None:
-            self._update_area()
+            run(self._update_area)
 
     def _show_overlay(self, method: str) -> None:
         """Create or update the overlay layer of one map of :attr:`store`."""
