@@ -11,25 +11,61 @@ A 1600 x 1000 viewer with a 2000 x 2000 image; then four overlay-like Image laye
 the time of the event processing that follows (its first frame). No job runs, so this
 is the floor under the stalls that docs/scripts/app_latency.py measures when the app
 first creates its layers.
+
+``--background torch`` runs convolutions on a second thread meanwhile (torch's default
+threads; ``torch1``: one thread), ``--background python`` a pure-Python loop that holds
+the GIL; ``--no-select`` adds layers without napari making them the active layer (a
+private attribute; what the selection change costs).
 """
 
 from __future__ import annotations
 
+import argparse
+import statistics
+import threading
 import time
 
 import numpy as np
 
 
+def background(kind: str, stop: threading.Event) -> None:
+    if kind.startswith("torch"):
+        import torch
+
+        if kind == "torch1":
+            torch.set_num_threads(1)
+        convs = torch.nn.Sequential(*[torch.nn.Conv2d(64, 64, 3, padding=1) for _ in range(4)])
+        x = torch.randn(8, 64, 64, 64)
+        with torch.no_grad():
+            while not stop.is_set():
+                convs(x)
+    else:
+        while not stop.is_set():
+            total = 0
+            for i in range(10_000):
+                total += i
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--background", choices=["none", "torch", "torch1", "python"])
+    parser.add_argument("--no-select", action="store_true")
+    args = parser.parse_args()
     import napari
     from qtpy.QtWidgets import QApplication
 
     viewer = napari.Viewer(show=True)
+    if args.no_select:
+        viewer.layers._activate_on_insert = False
     viewer.window.resize(1600, 1000)
     rng = np.random.default_rng(0)
     viewer.add_image(rng.random((2000, 2000), dtype=np.float32), name="slide")
     for _ in range(3):
         QApplication.processEvents()
+    stop = threading.Event()
+    if args.background not in (None, "none"):
+        threading.Thread(target=background, args=(args.background, stop), daemon=True).start()
+        time.sleep(1)
 
     def timed(add) -> tuple[float, float]:
         start = time.perf_counter()
@@ -38,6 +74,7 @@ def main() -> None:
         QApplication.processEvents()
         return 1000 * (added - start), 1000 * (time.perf_counter() - added)
 
+    adds, draws = [], []
     for i in range(4):
         data = rng.random((500, 500), dtype=np.float32)
         add, draw = timed(
@@ -45,11 +82,18 @@ def main() -> None:
                 data, name=f"overlay {i}", opacity=0.7, contrast_limits=(0, 1)
             )
         )
+        adds.append(add)
+        draws.append(draw)
         print(f"Image layer {i}: add {add:.0f} ms, first frame {draw:.0f} ms")
+    print(
+        f"Image layers, median: add {statistics.median(adds):.0f} ms, "
+        f"first frame {statistics.median(draws):.0f} ms"
+    )
     for i in range(2):
         data = np.zeros((1000, 1000), np.uint8)
         add, draw = timed(lambda data=data, i=i: viewer.add_labels(data, name=f"labels {i}"))
         print(f"Labels layer {i}: add {add:.0f} ms, first frame {draw:.0f} ms")
+    stop.set()
     viewer.close()
 
 
