@@ -183,22 +183,18 @@ class ExportSessionMixin:
         choices = list(self.scope.choices)
         self.scope.value = state.scope if state.scope in choices else choices[0]
         self.dense_crf.value = bool(state.dense_crf)
-        for widget, key in (
-            (self.seed_method, "method"),
-            (self.bg_fraction, "bg_fraction"),
-            (self.erode, "erode"),
-            (self.seeds, "seeds_per_class"),
+        for widget, saved, key in (
+            (self.seed_method, state.seeder, "method"),
+            (self.bg_fraction, state.seeder, "bg_fraction"),
+            (self.erode, state.seeder, "erode"),
+            (self.seeds, state.seeder, "seeds_per_class"),
+            (self.heads, state.fine_tune, "heads"),
+            (self.steps, state.fine_tune, "steps"),
+            (self.lr, state.fine_tune, "lr"),
+            (self.guide, state.fine_tune, "guide"),
         ):
             with widget.changed.blocked():
-                widget.value = state.seeder[key]
-        for widget, key in (
-            (self.heads, "heads"),
-            (self.steps, "steps"),
-            (self.lr, "lr"),
-            (self.guide, "guide"),
-        ):
-            with widget.changed.blocked():
-                widget.value = state.fine_tune[key]
+                widget.value = saved[key]
         store_path = session.path(state.store)
         if store_path is not None and store_path.exists():
             store = MapStore.open(store_path)
