@@ -99,8 +99,11 @@ class ExportSessionMixin:
 
     # ================================================================ session
     def _save_session(self) -> None:
-        self.session.save()
+        self._session_writer.save(self.session)  # written on its own thread
         self._update_session_info()
+
+    def _session_write_failed(self, message: str) -> None:
+        self.status.value = f"Error: {message}"
 
     def _update_session_info(self) -> None:
         self.session_info.value = f"Session folder (saved as you work):\n{self.session.folder}"
@@ -113,6 +116,7 @@ class ExportSessionMixin:
     def save_session(self, folder: str | Path) -> Path | None:
         """Copy the session to ``folder`` (on the worker) and keep working there."""
         self._save_corrections()
+        self._session_writer.flush()  # no half-written session file in the copy
         session, folder = self.session, Path(folder)
 
         def job():
@@ -145,6 +149,7 @@ class ExportSessionMixin:
     def restore_session(self, folder: str | Path) -> None:
         """Reopen a session: slide, model version, overlays, thresholds, labels."""
         try:
+            self._session_writer.flush()  # the folder may be this session's own
             session = Session.load(folder)
         except InputError as exc:
             self.status.value = f"Error: {exc}"

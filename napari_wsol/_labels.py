@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+from napari.layers import Labels
 from qtpy.QtCore import QTimer
 
 from napari_wsol import layers as L
@@ -109,14 +110,16 @@ class LabelsMixin:
         if PSEUDO_LAYER in self.viewer.layers:
             self._replace(self.viewer.layers[PSEUDO_LAYER], pseudo, grid, meta)
             return
-        self.viewer.add_labels(
+        layer = Labels(
             pseudo,
             name=PSEUDO_LAYER,
             opacity=0.35,
             colormap=L.label_colormap(L.PSEUDO_COLORS),
             metadata=meta,
             **grid,
-        ).editable = False
+        )
+        layer.editable = False
+        self._add_layer(layer)
 
     def _show_corrections_layer(self, edit: dict, corrections, grid: dict, meta: dict) -> None:
         # The edited region changes in the same turn as the layer's pixels, so a save
@@ -128,20 +131,24 @@ class LabelsMixin:
         if CORRECTIONS_LAYER in self.viewer.layers:
             painted = self.viewer.layers[CORRECTIONS_LAYER]
             self._replace(painted, corrections, grid, meta)
-        else:
-            painted = self.viewer.add_labels(
-                corrections,
-                name=CORRECTIONS_LAYER,
-                opacity=0.8,
-                colormap=L.label_colormap(L.CORRECTION_COLORS),
-                metadata=meta,
-                **grid,
-            )
-            painted.selected_label = 2
-            painted.brush_size = 8
-            painted.events.paint.connect(self._corrections_edited)
-            painted.events.set_data.connect(self._corrections_edited)  # undo / redo
-            painted.mouse_drag_callbacks.append(self._flip_click)
+            self._start_editing(painted)
+            return
+        painted = Labels(
+            corrections,
+            name=CORRECTIONS_LAYER,
+            opacity=0.8,
+            colormap=L.label_colormap(L.CORRECTION_COLORS),
+            metadata=meta,
+            **grid,
+        )
+        painted.selected_label = 2
+        painted.brush_size = 8
+        painted.events.paint.connect(self._corrections_edited)
+        painted.events.set_data.connect(self._corrections_edited)  # undo / redo
+        painted.mouse_drag_callbacks.append(self._flip_click)
+        self._add_layer(painted, then=self._start_editing)
+
+    def _start_editing(self, painted) -> None:
         self.viewer.layers.selection.active = painted
         painted.mode = "pan_zoom" if self.flip.value else "paint"
 

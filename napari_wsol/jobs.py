@@ -11,24 +11,39 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Generator
 from typing import Any
 
 _DONE, _FAILED, _PROGRESS = "done", "failed", "progress"
+HOLD_LIMIT = 10.0  # seconds a held call waits for the GUI at most
 
 
 def stream(
-    call: Callable[..., Any], stop: threading.Event, *args: Any, **kwargs: Any
+    call: Callable[..., Any],
+    stop: threading.Event,
+    *args: Any,
+    hold_after_first: threading.Event | None = None,
+    **kwargs: Any,
 ) -> Generator[Any, None, Any]:
     """Run ``call(*args, progress=..., should_stop=stop.is_set, **kwargs)``.
 
     Yields every progress report as a tuple of the callback's arguments; returns the
-    call's result or re-raises its exception.
+    call's result or re-raises its exception. With ``hold_after_first`` the call waits
+    after its first report until that event is set (or ``stop``, or :data:`HOLD_LIMIT`
+    seconds): the GUI makes its layers then, while no computation competes for the CPU.
     """
     reports: queue.SimpleQueue = queue.SimpleQueue()
+    first = [True]
 
     def progress(*report: Any) -> None:
         reports.put((_PROGRESS, report))
+        if hold_after_first is not None and first[0]:
+            first[0] = False
+            deadline = time.monotonic() + HOLD_LIMIT
+            while not (hold_after_first.wait(0.02) or stop.is_set()):
+                if time.monotonic() > deadline:
+                    break
 
     def target() -> None:
         try:

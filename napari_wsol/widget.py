@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,9 +33,11 @@ from magicgui.widgets import (
     Select,
     SpinBox,
 )
+from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils import progress
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtOpenGLWidgets import QOpenGLWidget
 from qtpy.QtWidgets import QScrollArea, QSizePolicy, QTabWidget, QVBoxLayout, QWidget
 
 from napari_wsol import layers as L
@@ -53,7 +56,7 @@ from wsol.region import (
     clip_region,
 )
 from wsol.samples import sample_model_path
-from wsol.session import Session, default_session_folder
+from wsol.session import Session, SessionWriter, default_session_folder
 
 if TYPE_CHECKING:
     import napari
@@ -65,6 +68,7 @@ REGION_LAYER = "WSOL region"
 MAP_DOWNSAMPLE = 2
 #: Overlay layers are refreshed at most this often while a run streams in (seconds).
 REFRESH_EVERY = 0.5
+TURN_PAUSE_MS = 5
 
 
 def _label(text: str) -> Label:
@@ -112,10 +116,14 @@ def faithfulness_html(target: str, scores: dict[str, dict]) -> str:
 class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
     """Dock widget of the WSOL app (see the module docstring)."""
 
+    _write_failed = Signal(str)  # from the session writer's thread
+
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
         self.session = Session(default_session_folder())
+        self._write_failed.connect(self._session_write_failed)
+        self._session_writer = SessionWriter(self._write_failed.emit)
         self._model = None
         self._model_source: object = ()  # what self._model was loaded from
         self._slides: dict[str, object] = {}
@@ -128,13 +136,15 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self._saved_corrections: np.ndarray | None = None
         self._then = None  # a job to start when the current one finishes
         self._tissue_cache: tuple | None = None
-        self._stale: list[str] = []  # overlays still showing a previous run's maps
         self._refresh_turn = -1
         self.levels: dict = {}
         self._turns: deque = deque()  # GUI steps waiting for their own event-loop turn
+        self._in_turn = False
         self._turn_timer = QTimer(self)
         self._turn_timer.setSingleShot(True)
-        self._turn_timer.setInterval(0)
+        # A pause between steps, not 0: a zero timer would be due before the other
+        # timers (napari's and Qt's) that waited through the step's repaint.
+        self._turn_timer.setInterval(TURN_PAUSE_MS)
         self._turn_timer.timeout.connect(self._next_turn)
         _warm_labels()
 
@@ -525,15 +535,19 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
     def _failed(self, exc: Exception) -> None:
         self.status.value = f"Error: {exc}"
 
-    def _later(self, step, *args) -> None:
-        """Run ``step(*args)`` on an event-loop turn of its own, after the steps queued before.
+    def _later(self, step, *args, first: bool = False) -> None:
+        """Run ``step(*args)`` on an event-loop turn of its own, after the steps queued
+        before (``first``: before them, on the very next turn).
 
         A new napari layer costs the GUI thread 70-160 ms here and a repaint 40-100 ms;
         done back to back in one handler they froze the viewer for 300+ ms. One per
         turn, napari repaints and takes input between them.
         """
-        self._turns.append((step, args))
-        if len(self._turns) == 1:
+        if first:
+            self._turns.appendleft((step, args))
+        else:
+            self._turns.append((step, args))
+        if not self._in_turn and not self._turn_timer.isActive():
             self._turn_timer.start()
 
     def _stepper(self, spread: bool):
@@ -541,13 +555,46 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         return self._later if spread else lambda step, *args: step(*args)
 
     def _next_turn(self) -> None:
-        step, args = self._turns[0]
+        step, args = self._turns.popleft()
+        self._in_turn = True
         try:
             step(*args)
         finally:
-            self._turns.popleft()
+            self._in_turn = False
             if self._turns:
                 self._turn_timer.start()
+
+    @contextmanager
+    def _drawn_next_turn(self):
+        """Add a layer inside this block: the window repaints on the next two turns.
+
+        Adding a layer takes napari 65-90 ms here; repainting the window's widgets
+        after it 30-50 ms and drawing the canvas 40-60 ms more (software OpenGL under
+        Xvfb). Qt would do all three in one turn; pausing the window's and the
+        canvas's updates and resuming them on turns of their own lets input in between.
+        """
+        window = self.window()
+        canvases = [w for w in window.findChildren(QOpenGLWidget) if w.updatesEnabled()]
+        for canvas in canvases:
+            canvas.setUpdatesEnabled(False)  # explicitly: the window's resume skips it
+        window_paused = window.updatesEnabled()
+        if window_paused:
+            window.setUpdatesEnabled(False)
+        try:
+            yield
+        finally:
+            # first=True: the window resumes next turn, the canvases the turn after.
+            if canvases:
+                self._later(self._resume_canvases, first=True)
+            if window_paused:
+                self._later(self._resume_window, first=True)
+
+    def _resume_window(self) -> None:
+        self.window().setUpdatesEnabled(True)  # and schedules a repaint
+
+    def _resume_canvases(self) -> None:
+        for canvas in self.window().findChildren(QOpenGLWidget):
+            canvas.setUpdatesEnabled(True)
 
     def _finished(self) -> None:
         # The job counts as running until the layers its result queued exist.
@@ -652,6 +699,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         refine = DenseCRFParams() if self.dense_crf.value else None
         self._run_layer = layer
         self._store_opened = False
+        layers_made = self._layers_made = threading.Event()
 
         def job():
             from wsol.infer import infer_slide, make_grid
@@ -681,6 +729,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
                 roi=roi.box,
                 tiles=tiles,
                 refine=refine,
+                hold_after_first=layers_made,
                 **options,
             )
             return result, L.load_levels(result.store)
@@ -694,17 +743,22 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self._set_progress(done, total)
         now = time.perf_counter()
         if not self._store_opened:
-            self._open_store(MapStore.open(self.session.store_path()), self._run_layer, show=False)
+            # The store exists and the engine waits (``hold_after_first``) until the
+            # overlays are made or pointed at it, one per turn, with no inference
+            # competing for the CPU: napari's layer creation then stays under 100 ms.
             self._store_opened = True
-            self._stale = list(self.store.methods)
+            try:
+                store = MapStore.open(self.session.store_path())
+                self._open_store(store, self._run_layer, spread=True)
+            finally:
+                self._later(self._layers_made.set)
+            self._last_refresh = now
+            return
         if now - self._last_refresh < REFRESH_EVERY:
             return
         self._last_refresh = now
-        # One overlay per tick: each update reads the view's part of one map on this
+        # One overlay per tick: each refresh reads the view's part of one map on this
         # thread, and spreading them keeps every pause of the viewer short.
-        if self._stale:
-            self._show_overlay(self._stale.pop(0))
-            return
         methods = [m for m in self.store.methods if m in self.viewer.layers]
         if methods:
             self._refresh_turn = (self._refresh_turn + 1) % len(methods)
@@ -770,7 +824,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
             overlay.data = data
             overlay.scale, overlay.translate = grid["scale"], grid["translate"]
             return
-        self.viewer.add_image(
+        overlay = Image(
             data,
             multiscale=multiscale,
             name=method,
@@ -781,6 +835,25 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
             metadata={"wsol_method": method, "slide_mpp": place.slide_mpp},
             **grid,
         )
+        self._add_layer(overlay)
+
+    def _add_layer(self, layer, then=None) -> None:
+        """Add a made layer to the viewer, then call ``then(layer)``.
+
+        From a queued step (:meth:`_later`) the adding gets a turn of its own, the next
+        one: making a layer reads its data and thumbnail (10-20 ms), adding it is
+        napari's 65-90 ms, and together they passed 100 ms.
+        """
+        if self._in_turn:
+            self._later(self._append_layer, layer, then, first=True)
+        else:
+            self._append_layer(layer, then)
+
+    def _append_layer(self, layer, then=None) -> None:
+        with self._drawn_next_turn():
+            self.viewer.layers.append(layer)
+        if then is not None:
+            then(layer)
 
     # ================================================================ faithfulness
     def faithfulness(self) -> None:

@@ -551,6 +551,36 @@ def test_a_results_layers_are_made_one_per_turn_before_the_job_ends(viewer, qtbo
     assert busy == [True, True]
 
 
+def test_a_first_run_makes_its_overlays_before_any_tile_and_the_window_draws_again(
+    viewer, qtbot
+) -> None:
+    """The engine waits after creating its store until the overlay layers exist, so
+    napari makes them with no inference competing for the CPU; each new layer's
+    repaint is deferred to later turns, and nothing is left undrawn when the job ends."""
+    from qtpy.QtOpenGLWidgets import QOpenGLWidget
+
+    viewer.open_sample("napari-wsol", "he_tile")
+    widget = _dock(viewer)
+    viewer.reset_view()
+    widget.methods.value = ["cam", "fcam"]
+    tiles_done_when_added: dict[str, int] = {}
+
+    def inserted(event) -> None:
+        if event.value.name in ("cam", "fcam"):
+            tiles_done_when_added[event.value.name] = widget._pbar.n
+
+    viewer.layers.events.inserted.connect(inserted)
+    widget.run()
+    _wait(qtbot, widget)
+    assert widget.status.value.startswith("Done"), widget.status.value
+    assert tiles_done_when_added == {"cam": 0, "fcam": 0}
+    qtbot.waitUntil(lambda: not widget._turns, timeout=5000)
+    window = widget.window()
+    assert window.updatesEnabled()
+    canvases = window.findChildren(QOpenGLWidget)
+    assert canvases and all(c.updatesEnabled() for c in canvases)
+
+
 def test_demo_opens_napari_and_computes_the_view(display, tmp_path: Path) -> None:
     env = dict(os.environ, WSOL_SESSIONS=str(tmp_path))
     start = time.perf_counter()

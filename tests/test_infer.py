@@ -142,6 +142,8 @@ def test_cancel_then_resume_matches_an_uninterrupted_run(
     assert rest.store.complete and not rest.cancelled
     assert 0 < rest.tiles_run < full.tiles_run  # finished chunks were not recomputed
     assert progress[-1] == (full.tiles_total, full.tiles_total)
+    # The first report comes before any tile: what the resumed store already had.
+    assert progress[0] == (full.tiles_total - rest.tiles_run, full.tiles_total)
     for method in ("cam", "gradcam"):
         np.testing.assert_allclose(_map(rest.store, method), _map(full.store, method), atol=1e-3)
     np.testing.assert_array_equal(rest.store.probabilities(), full.store.probabilities())

@@ -57,3 +57,45 @@ def test_cancel_reaches_the_call_between_steps_and_keeps_its_result():
     reports, done = _drain(gen)
     assert done < 1000  # it stopped early, and returned normally with what it had
     assert len(reports) + 1 == done
+
+
+def test_a_held_call_waits_after_its_first_report_until_released():
+    released = threading.Event()
+    seen_before_release = []
+
+    def call(*, progress, should_stop):
+        progress(0, 3)  # e.g. "the store exists": the GUI makes its layers now
+        seen_before_release.append(released.is_set())
+        for i in range(1, 3):
+            progress(i, 3)
+        return "done"
+
+    gen = jobs.stream(call, threading.Event(), hold_after_first=released)
+    assert next(gen) == (0, 3)
+    time.sleep(0.2)  # without the hold, the call would have run to its end by now
+    assert not seen_before_release
+    released.set()
+    reports, result = _drain(gen)
+    assert seen_before_release == [True]
+    assert reports == [(1, 3), (2, 3)] and result == "done"
+
+
+def test_a_held_call_goes_on_when_cancelled_or_after_the_limit(monkeypatch):
+    def call(*, progress, should_stop):
+        progress(0, 2)
+        progress(1, 2)
+        return should_stop()
+
+    stop = threading.Event()
+    gen = jobs.stream(call, stop, hold_after_first=threading.Event())
+    next(gen)
+    stop.set()  # Cancel while held: the call is not left waiting for the GUI
+    assert _drain(gen) == ([(1, 2)], True)
+
+    monkeypatch.setattr(jobs, "HOLD_LIMIT", 0.1)
+    start = time.perf_counter()
+    reports, result = _drain(
+        jobs.stream(call, threading.Event(), hold_after_first=threading.Event())
+    )
+    assert reports == [(0, 2), (1, 2)] and result is False
+    assert time.perf_counter() - start < 5  # a GUI that never answers costs HOLD_LIMIT

@@ -22,7 +22,7 @@ from wsol.region import (
     pseudo_labels,
     tiles_in_box,
 )
-from wsol.session import FINE_TUNE, Session
+from wsol.session import FINE_TUNE, Session, SessionWriter
 from wsol.slide import ImageSlide
 
 
@@ -95,6 +95,27 @@ def test_session_round_trip_and_labels(tmp_path: Path) -> None:
     (tmp_path / "bad" / "session.json").write_text("{not json")
     with pytest.raises(InputError, match="unreadable session file"):
         Session.load(tmp_path / "bad")
+
+
+def test_the_session_writer_writes_every_state_in_order_off_the_caller_s_thread(
+    tmp_path: Path,
+) -> None:
+    errors: list[str] = []
+    writer = SessionWriter(errors.append)
+    session = Session(tmp_path / "s")
+    for t in (0.1, 0.2, 0.3):
+        session.state.thresholds = {"fcam": t}
+        writer.save(session)  # the state is captured now, written later
+    session.state.thresholds = {"fcam": 0.9}  # not saved
+    writer.flush()
+    assert Session.load(session.folder).state.thresholds == {"fcam": 0.3}
+    assert not errors and not list(session.folder.glob("*.tmp"))
+
+    blocked = Session(tmp_path / "a file")
+    (tmp_path / "a file").write_text("not a folder")
+    writer.save(blocked)
+    writer.flush()
+    assert len(errors) == 1 and "a file" in errors[0], errors
 
 
 def test_an_older_session_file_gets_the_new_fine_tune_defaults(tmp_path: Path) -> None:

@@ -145,6 +145,7 @@ def main() -> None:
 
     for layer in viewer.layers:
         layer.visible = True
+    QApplication.processEvents()  # that repaint is not the job's
     pseudo = job(widget.make_pseudo_labels)
     report["jobs"]["pseudo-labels"] = [pseudo]
     print("pseudo", pseudo, widget.status.value, flush=True)

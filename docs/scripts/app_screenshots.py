@@ -40,7 +40,8 @@ def main(out: Path) -> None:
     viewer.reset_view()
 
     def wait() -> None:
-        while widget.worker is not None:
+        # The job, then the widget's queued steps (it repaints new layers a turn later).
+        while widget.worker is not None or widget._turns:
             QApplication.processEvents()
             time.sleep(0.01)
         QApplication.processEvents()
@@ -67,7 +68,7 @@ def main(out: Path) -> None:
     widget.otsu()
     for layer in viewer.layers:
         layer.visible = layer.name in (image.name, "fcam mask")
-    QApplication.processEvents()
+    wait()
     Image.fromarray(viewer.screenshot(canvas_only=False)[..., :3]).save(out / "app_threshold.png")
 
     widget.tabs.setCurrentIndex(2)
@@ -85,7 +86,7 @@ def main(out: Path) -> None:
     with corrections.block_history():
         for k in range(40):
             corrections.paint((pseudo.shape[0] // 2 + k, pseudo.shape[1] // 3 + k), 2)
-    QApplication.processEvents()
+    wait()
     Image.fromarray(viewer.screenshot(canvas_only=False)[..., :3]).save(out / "app_labels.png")
     viewer.close()
     print(

@@ -16,6 +16,11 @@ first creates its layers.
 threads; ``torch1``: one thread), ``--background python`` a pure-Python loop that holds
 the GIL; ``--no-select`` adds layers without napari making them the active layer (a
 private attribute; what the selection change costs).
+
+Then the same Image layer is added four more times from inside the event loop while a
+5 ms QTimer ticks, as docs/scripts/app_latency.py measures stalls: the longest gap
+between ticks around each add is what a user feels (add + Qt's repaint and composition
+of the window), with no job running.
 """
 
 from __future__ import annotations
@@ -44,6 +49,43 @@ def background(kind: str, stop: threading.Event) -> None:
             total = 0
             for i in range(10_000):
                 total += i
+
+
+def event_loop_gaps(viewer, rng, n: int = 4) -> list[float]:
+    """Longest gap of a 5 ms timer around each of ``n`` Image-layer adds, 300 ms apart."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    ticks: list[float] = []
+    windows: list[tuple[float, float]] = []
+    ticker = QTimer()
+    ticker.setInterval(5)
+    ticker.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    loop = QEventLoop()
+
+    def add(i: int) -> None:
+        start = time.perf_counter()
+        viewer.add_image(
+            rng.random((500, 500), dtype=np.float32),
+            name=f"timed overlay {i}",
+            opacity=0.7,
+            contrast_limits=(0, 1),
+        )
+        windows.append((start, time.perf_counter()))
+        QTimer.singleShot(300, (lambda: add(i + 1)) if i + 1 < n else loop.quit)
+
+    ticker.start()
+    QTimer.singleShot(300, lambda: add(0))
+    loop.exec()
+    ticker.stop()
+    stamps = np.asarray(ticks)
+    gaps = []
+    for start, end in windows:
+        # The tick before the add started to the first tick after it (and its repaint).
+        before = stamps[stamps <= start].max()
+        after = stamps[stamps > end]
+        span = np.diff(np.concatenate([[before], after[after < end + 1.0]]))
+        gaps.append(1000 * float(span.max()))
+    return gaps
 
 
 def main() -> None:
@@ -93,6 +135,12 @@ def main() -> None:
         data = np.zeros((1000, 1000), np.uint8)
         add, draw = timed(lambda data=data, i=i: viewer.add_labels(data, name=f"labels {i}"))
         print(f"Labels layer {i}: add {add:.0f} ms, first frame {draw:.0f} ms")
+    gaps = event_loop_gaps(viewer, rng)
+    print(
+        "Image layers added inside the event loop, longest 5 ms-timer gap each: "
+        + ", ".join(f"{g:.0f}" for g in gaps)
+        + f" ms (median {statistics.median(gaps):.0f})"
+    )
     stop.set()
     viewer.close()
 

@@ -64,6 +64,9 @@ def instrument() -> None:
     from napari_wsol.widget import WSOLWidget
 
     for name in (
+        "run",
+        "make_pseudo_labels",
+        "fine_tune",
         "_start",
         "_run_progress",
         "_run_done",
@@ -78,6 +81,9 @@ def instrument() -> None:
         "_pseudo_done",
         "_show_pseudo_layer",
         "_show_corrections_layer",
+        "_train_progress",
+        "_train_done",
+        "_steps_progress",
     ):
         if hasattr(WSOLWidget, name):
             setattr(WSOLWidget, name, timed(name, getattr(WSOLWidget, name)))

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -121,9 +123,17 @@ class Session:
         return cls(folder, state)
 
     def save(self) -> Path:
+        return self.write(self.snapshot())
+
+    def snapshot(self) -> str:
+        """The session file's text for the state as it is now."""
+        return json.dumps({"format": FORMAT, "state": asdict(self.state)}, indent=1)
+
+    def write(self, text: str) -> Path:
+        """Write a :meth:`snapshot` to ``session.json`` atomically (any thread)."""
         path = self.folder / SESSION_FILE
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({"format": FORMAT, "state": asdict(self.state)}, indent=1))
+            tmp.write_text(text)
         return path
 
     def copy_to(self, folder: str | Path) -> Session:
@@ -214,3 +224,31 @@ def default_session_folder(stem: str = "session") -> Path:
 
     root = Path(os.environ.get("WSOL_SESSIONS") or Path.home() / ".napari-wsol" / "sessions")
     return root / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+class SessionWriter:
+    """Writes session files on one background thread, in the order they were saved.
+
+    The state is captured when :meth:`save` is called; the write (and its ``fsync``,
+    which took up to 120 ms here) happens off the caller's thread, so an app's GUI
+    thread never waits for the disk. ``on_error(message)`` runs on the writing thread.
+    """
+
+    def __init__(self, on_error: Callable[[str], None] | None = None) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsol-session")
+        self._last: Future | None = None
+        self._on_error = on_error
+
+    def save(self, session: Session) -> None:
+        self._last = self._pool.submit(session.write, session.snapshot())
+        self._last.add_done_callback(self._done)
+
+    def flush(self) -> None:
+        """Wait until every saved state is written (a failure went to ``on_error``)."""
+        if self._last is not None:
+            wait([self._last])
+
+    def _done(self, future: Future) -> None:
+        exc = future.exception()
+        if exc is not None and self._on_error is not None:
+            self._on_error(f"cannot save the session: {exc}")

@@ -108,6 +108,8 @@ def infer_slide(
         Continue an unfinished store with identical settings (default); False starts
         over.
     progress : callable(done, total), optional
+        Called once the store exists, before the first tile (``done`` counts tiles a
+        resumed store already had), then after every batch.
     should_stop : callable() -> bool, optional
         Checked between batches; when it returns True the run stops, keeps everything
         finished so far, and returns with ``cancelled=True``.
@@ -179,9 +181,11 @@ def infer_slide(
         return InferenceResult(store, total, 0, 0.0)
 
     runner = _Runner(model, slide, grid, methods, target, dtype, cam_options, refine)
-    start = time.perf_counter()
     done = total - len(plan.order)
     cancelled = False
+    if progress is not None:
+        progress(done, total)  # the store exists: a viewer can show it before tiles arrive
+    start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="wsol-read") as pool:
         pending: deque = deque()
         order = iter(plan.order)
