@@ -7,6 +7,7 @@ session and controls); kept apart so each tab of the widget reads on its own.
 from __future__ import annotations
 
 import numpy as np
+from napari.layers import Image, Labels
 
 from napari_wsol import layers as L
 from napari_wsol.views import DifferenceView, ThresholdView
@@ -27,17 +28,17 @@ class ThresholdsMixin:
         if name in self.viewer.layers:
             self.viewer.layers[name].data = data
         else:
-            with self._drawn_next_turn():
-                self.viewer.add_image(
-                    data,
-                    multiscale=multiscale,
-                    name=name,
-                    colormap=L.overlay_colormap("magma"),
-                    opacity=0.8,
-                    contrast_limits=(0.0, 1.0),
-                    metadata={"wsol_method": name, "slide_mpp": place.slide_mpp},
-                    **place.grid(self.store.scale(0)),
-                )
+            layer = Image(
+                data,
+                multiscale=multiscale,
+                name=name,
+                colormap=L.overlay_colormap("magma"),
+                opacity=0.8,
+                contrast_limits=(0.0, 1.0),
+                metadata={"wsol_method": name, "slide_mpp": place.slide_mpp},
+                **place.grid(self.store.scale(0)),
+            )
+            self._append_layer(layer)
         self.session.state.disagreement = [a, b]
         self._save_session()
 
@@ -54,20 +55,21 @@ class ThresholdsMixin:
                 layer.data = data
             return layer
         class_name = self.target.value or "positive"
-        with self._drawn_next_turn():
-            return self.viewer.add_labels(
-                data,
-                multiscale=multiscale,
-                name=name,
-                opacity=0.45,
-                colormap=L.label_colormap(L.MASK_COLORS),
-                metadata={
-                    "wsol_method": method,
-                    "slide_mpp": place.slide_mpp,
-                    "label_names": {1: f"{class_name} ({method})"},
-                },
-                **place.grid(self.store.scale(0)),
-            )
+        layer = Labels(
+            data,
+            multiscale=multiscale,
+            name=name,
+            opacity=0.45,
+            colormap=L.label_colormap(L.MASK_COLORS),
+            metadata={
+                "wsol_method": method,
+                "slide_mpp": place.slide_mpp,
+                "label_names": {1: f"{class_name} ({method})"},
+            },
+            **place.grid(self.store.scale(0)),
+        )
+        self._append_layer(layer)  # now: the caller thresholds it at once
+        return layer
 
     def _threshold_method_changed(self) -> None:
         method = self.thr_method.value

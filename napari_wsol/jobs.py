@@ -34,14 +34,15 @@ def stream(
     seconds): the GUI makes its layers then, while no computation competes for the CPU.
     """
     reports: queue.SimpleQueue = queue.SimpleQueue()
-    first = [True]
+    hold = hold_after_first
 
     def progress(*report: Any) -> None:
+        nonlocal hold
         reports.put((_PROGRESS, report))
-        if hold_after_first is not None and first[0]:
-            first[0] = False
+        if hold is not None:
+            released, hold = hold, None
             deadline = time.monotonic() + HOLD_LIMIT
-            while not (hold_after_first.wait(0.02) or stop.is_set()):
+            while not (released.wait(0.02) or stop.is_set()):
                 if time.monotonic() > deadline:
                     break
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -564,31 +563,6 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
             if self._turns:
                 self._turn_timer.start()
 
-    @contextmanager
-    def _drawn_next_turn(self):
-        """Add a layer inside this block: the window repaints on the next two turns.
-
-        Adding a layer takes napari 65-90 ms here; repainting the window's widgets
-        after it 30-50 ms and drawing the canvas 40-60 ms more (software OpenGL under
-        Xvfb). Qt would do all three in one turn; pausing the window's and the
-        canvas's updates and resuming them on turns of their own lets input in between.
-        """
-        window = self.window()
-        canvases = [w for w in window.findChildren(QOpenGLWidget) if w.updatesEnabled()]
-        for canvas in canvases:
-            canvas.setUpdatesEnabled(False)  # explicitly: the window's resume skips it
-        window_paused = window.updatesEnabled()
-        if window_paused:
-            window.setUpdatesEnabled(False)
-        try:
-            yield
-        finally:
-            # first=True: the window resumes next turn, the canvases the turn after.
-            if canvases:
-                self._later(self._resume_canvases, first=True)
-            if window_paused:
-                self._later(self._resume_window, first=True)
-
     def _resume_window(self) -> None:
         self.window().setUpdatesEnabled(True)  # and schedules a repaint
 
@@ -780,14 +754,12 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         store: MapStore,
         layer,
         levels: dict | None = None,
-        show: bool = True,
         spread: bool = False,
     ) -> None:
         """Show the store's maps as overlays (and keep thresholds/disagreement on it).
 
         ``levels``: finished maps already read into memory (by :func:`L.load_levels` on
         the worker thread); without them the maps are read lazily as they stream in.
-        With ``show`` False the overlays are left to :meth:`_show_overlay` (streaming).
         With ``spread`` each layer is made or updated on its own turn (:meth:`_later`).
         """
         run = self._stepper(spread)
@@ -795,9 +767,8 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self.levels = levels or {m: L.map_levels(store, m) for m in store.methods}
         self.session.state.store = str(store.path.relative_to(self.session.folder))
         self._overlay_place = L.Placement.of(layer)
-        if show:
-            for method in store.methods:
-                run(self._show_overlay, method)
+        for method in store.methods:
+            run(self._show_overlay, method)
         names = list(store.methods)
         for combo in (self.thr_method, self.diff_a, self.diff_b):
             current = combo.value
@@ -850,8 +821,28 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
             self._append_layer(layer, then)
 
     def _append_layer(self, layer, then=None) -> None:
-        with self._drawn_next_turn():
+        """Append ``layer``; the window repaints on the next turn, the canvas the one after.
+
+        Adding a layer takes napari 65-90 ms here; repainting the window's widgets
+        after it about 50 ms and drawing the canvas 40-60 ms more (software OpenGL
+        under Xvfb). Qt would do all three in one turn; pausing the window's and the
+        canvas's updates and resuming them on turns of their own lets input in between.
+        """
+        window = self.window()
+        canvases = [w for w in window.findChildren(QOpenGLWidget) if w.updatesEnabled()]
+        for canvas in canvases:
+            canvas.setUpdatesEnabled(False)  # explicitly: the window's resume skips it
+        window_paused = window.updatesEnabled()
+        if window_paused:
+            window.setUpdatesEnabled(False)
+        try:
             self.viewer.layers.append(layer)
+        finally:
+            # first=True: the window resumes next turn, the canvases the turn after.
+            if canvases:
+                self._later(self._resume_canvases, first=True)
+            if window_paused:
+                self._later(self._resume_window, first=True)
         if then is not None:
             then(layer)
 
