@@ -152,10 +152,10 @@ class LabelsMixin:
         self.viewer.layers.selection.active = painted
         painted.mode = "pan_zoom" if self.flip.value else "paint"
 
-    @staticmethod
-    def _replace(layer, data, grid: dict, meta: dict) -> None:
+    def _replace(self, layer, data, grid: dict, meta: dict) -> None:
+        self._pause_canvases()
         layer.data = data
-        layer.scale, layer.translate = grid["scale"], grid["translate"]
+        L.place(layer, grid)
         layer.metadata.update(meta)
 
     def _corrections_edited(self, _event: object = None) -> None:

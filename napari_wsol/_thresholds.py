@@ -44,21 +44,36 @@ class ThresholdsMixin:
 
     # ================================================================ thresholds
     def _mask_layer(self, method: str, replace: bool = False):
+        """The mask layer of ``method``, made now if missing (``replace``: new data)."""
         name = f"{method} mask"
-        t = self.session.state.thresholds.get(method, 0.5)
-        views = [ThresholdView(level, t) for level in self.levels[method]]
-        data, multiscale = L.layer_data(views)
-        place = L.Placement.of(self._source())
-        if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-            if replace:
-                layer.data = data
+        if name not in self.viewer.layers:
+            layer = self._new_mask_layer(method)
+            self._append_layer(layer)  # now: the caller thresholds it at once
             return layer
+        layer = self.viewer.layers[name]
+        if replace:
+            self._pause_canvases()
+            views, levels = L.shown_levels(layer), self.levels[method]
+            if len(views) == len(levels) and all(
+                v.level is m for v, m in zip(views, levels, strict=True)
+            ):
+                layer.refresh()  # its views read levels that took the new map
+            else:
+                layer.data = L.layer_data(self._threshold_views(method))[0]
+        return layer
+
+    def _threshold_views(self, method: str) -> list[ThresholdView]:
+        t = self.session.state.thresholds.get(method, 0.5)
+        return [ThresholdView(level, t) for level in self.levels[method]]
+
+    def _new_mask_layer(self, method: str) -> Labels:
+        data, multiscale = L.layer_data(self._threshold_views(method))
+        place = L.Placement.of(self._source())
         class_name = self.target.value or "positive"
-        layer = Labels(
+        return Labels(
             data,
             multiscale=multiscale,
-            name=name,
+            name=f"{method} mask",
             opacity=0.45,
             colormap=L.label_colormap(L.MASK_COLORS),
             metadata={
@@ -68,8 +83,38 @@ class ThresholdsMixin:
             },
             **place.grid(self.store.scale(0)),
         )
-        self._append_layer(layer)  # now: the caller thresholds it at once
-        return layer
+
+    def _threshold_moved(self) -> None:
+        """The slider (or the method) changed: follow it, making the mask layer first.
+
+        Making the layer (50-70 ms) and napari's adding it (75-90 ms) take turns of
+        their own (:meth:`_later`), so the first move of a drag does not freeze the
+        viewer for 150-220 ms; the mask then shows the slider's latest value.
+        """
+        method = self.thr_method.value
+        if self.store is None or method is None:
+            return
+        if f"{method} mask" in self.viewer.layers:
+            self._threshold_changed()
+            return
+        self.session.state.thresholds[method] = float(self.threshold.value)
+        self._save_timer.start()
+        if method not in self._masks_coming:
+            self._masks_coming.add(method)
+            self._later(self._make_mask_layer, method)
+
+    def _make_mask_layer(self, method: str) -> None:
+        if self.store is None or method not in self.levels:
+            self._masks_coming.discard(method)
+        elif f"{method} mask" in self.viewer.layers:  # made meanwhile (session restore)
+            self._masks_coming.discard(method)
+            self._later(self._threshold_changed)
+        else:
+            self._add_layer(self._new_mask_layer(method), then=self._mask_made)
+
+    def _mask_made(self, layer) -> None:
+        self._masks_coming.discard(layer.metadata["wsol_method"])
+        self._later(self._threshold_changed)  # the slider may have moved meanwhile
 
     def _threshold_method_changed(self) -> None:
         method = self.thr_method.value
@@ -77,7 +122,7 @@ class ThresholdsMixin:
             return
         with self.threshold.changed.blocked():
             self.threshold.value = self.session.state.thresholds.get(method, 0.5)
-        self._threshold_changed()
+        self._threshold_moved()
 
     def _threshold_changed(self) -> None:
         """Live: the mask of the view follows the slider (only visible pixels recomputed)."""

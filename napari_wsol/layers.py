@@ -82,6 +82,14 @@ class Placement:
         )
 
 
+def place(layer, grid: dict) -> None:
+    """Give an existing layer the scale and translate of ``grid`` (no-op when equal:
+    each assignment makes napari recompute the layer's transforms and refresh)."""
+    for key in ("scale", "translate"):
+        if not np.allclose(getattr(layer, key)[-2:], grid[key]):
+            setattr(layer, key, grid[key])
+
+
 def map_levels(store, method: str) -> list[MapLevel]:
     return [MapLevel(array) for array in store.levels(method)]
 
@@ -97,6 +105,28 @@ def load_levels(store) -> dict[str, list[MapLevel]]:
             level.frozen = True
             level.values()
     return levels
+
+
+def shown_levels(layer) -> list:
+    """The arrays a layer shows, one per level."""
+    return list(layer.data) if layer.multiscale else [layer.data]
+
+
+def take_levels(layer, levels: list[MapLevel]) -> list[MapLevel] | None:
+    """Point the map levels ``layer`` shows at ``levels`` in place (:meth:`MapLevel.take`).
+
+    Returns the layer's own levels, now showing the new map, or None when the layer
+    does not show map levels of the same shapes (then it needs new data).
+    """
+    shown = shown_levels(layer)
+    if len(shown) != len(levels) or not all(
+        isinstance(a, MapLevel) and a.shape == b.shape for a, b in zip(shown, levels, strict=True)
+    ):
+        return None
+    for a, b in zip(shown, levels, strict=True):
+        if a is not b:
+            a.take(b)
+    return shown
 
 
 def layer_data(levels: list) -> tuple[object, bool]:

@@ -51,6 +51,19 @@ class MapLevel(_LazyArray):
         self._cache: np.ndarray | None = None
         self.frozen = False  # True once the map is complete: cache whole levels
 
+    def take(self, other: MapLevel) -> None:
+        """Show ``other``'s map from now on (same shape), in this object.
+
+        For a layer that shows a new run: napari resets a layer given new data to its
+        coarsest level and draws it twice (coarse, then the level the view needs). The
+        levels a layer already holds, pointed at the new map, keep their level and
+        take one refresh and one frame; threshold and difference views over them
+        follow too.
+        """
+        if other.shape != self.shape:
+            raise ValueError(f"a map of shape {other.shape} cannot replace {self.shape}")
+        self.array, self._cache, self.frozen = other.array, other._cache, other.frozen
+
     def values(self) -> np.ndarray:
         """The whole level (cached when small and complete)."""
         return self[...]

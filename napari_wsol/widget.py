@@ -135,10 +135,12 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self._saved_corrections: np.ndarray | None = None
         self._then = None  # a job to start when the current one finishes
         self._tissue_cache: tuple | None = None
+        self._masks_coming: set[str] = set()  # mask layers queued to be made
         self._refresh_turn = -1
         self.levels: dict = {}
         self._turns: deque = deque()  # GUI steps waiting for their own event-loop turn
         self._in_turn = False
+        self._canvases: list = []  # the viewer's OpenGL canvases, found once
         self._turn_timer = QTimer(self)
         self._turn_timer.setSingleShot(True)
         # A pause between steps, not 0: a zero timer would be due before the other
@@ -342,7 +344,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self.diff_button.changed.connect(self.show_disagreement)
         self.faith_button.changed.connect(self.faithfulness)
         self.thr_method.changed.connect(self._threshold_method_changed)
-        self.threshold.changed.connect(self._threshold_changed)
+        self.threshold.changed.connect(self._threshold_moved)
         self.otsu_button.changed.connect(self.otsu)
         self.pseudo_button.changed.connect(self.make_pseudo_labels)
         self.flip.changed.connect(self._flip_toggled)
@@ -567,8 +569,14 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self.window().setUpdatesEnabled(True)  # and schedules a repaint
 
     def _resume_canvases(self) -> None:
-        for canvas in self.window().findChildren(QOpenGLWidget):
+        for canvas in self._canvas_widgets():
             canvas.setUpdatesEnabled(True)
+
+    def _canvas_widgets(self) -> list:
+        # They live as long as the window; finding them walks its ~1000 widgets (2 ms).
+        if not self._canvases:
+            self._canvases = self.window().findChildren(QOpenGLWidget)
+        return self._canvases
 
     def _finished(self) -> None:
         # The job counts as running until the layers its result queued exist.
@@ -736,6 +744,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         methods = [m for m in self.store.methods if m in self.viewer.layers]
         if methods:
             self._refresh_turn = (self._refresh_turn + 1) % len(methods)
+            self._pause_canvases()
             self.viewer.layers[methods[self._refresh_turn]].refresh()
 
     def _run_done(self, payload) -> None:
@@ -792,8 +801,14 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         data, multiscale = L.layer_data(self.levels[method])
         if method in self.viewer.layers:
             overlay = self.viewer.layers[method]
-            overlay.data = data
-            overlay.scale, overlay.translate = grid["scale"], grid["translate"]
+            self._pause_canvases()
+            kept = L.take_levels(overlay, self.levels[method])
+            if kept is None:
+                overlay.data = data
+            else:
+                self.levels[method] = kept
+                overlay.refresh()
+            L.place(overlay, grid)
             return
         overlay = Image(
             data,
@@ -829,22 +844,37 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         canvas's updates and resuming them on turns of their own lets input in between.
         """
         window = self.window()
-        canvases = [w for w in window.findChildren(QOpenGLWidget) if w.updatesEnabled()]
-        for canvas in canvases:
-            canvas.setUpdatesEnabled(False)  # explicitly: the window's resume skips it
+        self._pause_canvases()  # first: the window's resume must not resume them
         window_paused = window.updatesEnabled()
         if window_paused:
             window.setUpdatesEnabled(False)
+        # Added hidden, napari does not slice it inside the add; shown on the next turn.
+        shown, layer.visible = layer.visible, False
         try:
             self.viewer.layers.append(layer)
         finally:
-            # first=True: the window resumes next turn, the canvases the turn after.
-            if canvases:
-                self._later(self._resume_canvases, first=True)
+            # Queued to the front, so they run in the opposite order: show the layer,
+            # repaint the window, then draw the canvases (queued above).
             if window_paused:
                 self._later(self._resume_window, first=True)
+            if shown:
+                self._later(setattr, layer, "visible", True, first=True)
         if then is not None:
             then(layer)
+
+    def _pause_canvases(self) -> None:
+        """Hold the canvases' next frame until the next turn.
+
+        For a change of layers or pixels: napari's handling of it (slicing, texture,
+        thumbnail: 15-25 ms per overlay) and the frame that shows it (50-90 ms in
+        software OpenGL with six layers) then pause the viewer one after the other,
+        not together. Canvases already paused keep the resume queued for them.
+        """
+        canvases = [w for w in self._canvas_widgets() if w.updatesEnabled()]
+        for canvas in canvases:
+            canvas.setUpdatesEnabled(False)  # explicitly: a window's resume skips it
+        if canvases:
+            self._later(self._resume_canvases, first=True)
 
     # ================================================================ faithfulness
     def faithfulness(self) -> None:

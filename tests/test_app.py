@@ -22,6 +22,7 @@ import tifffile
 import torch
 from PIL import Image
 
+from napari_wsol import layers as L
 from wsol.samples import sample_model_path, sample_path
 
 
@@ -146,6 +147,31 @@ def test_run_shows_aligned_overlays_scores_and_the_sample_model(app) -> None:
     assert list(widget.target.choices) == ["normal", "lesion"]
 
 
+def test_the_first_slider_move_makes_the_mask_on_later_turns_at_the_latest_value(
+    app, qtbot
+) -> None:
+    """Making a mask layer takes napari 150-220 ms here: the first move of a drag
+    queues it, and the moves that follow before it exists are not lost."""
+    viewer, widget, _ = app
+    inserted: list[str] = []
+    viewer.layers.events.inserted.connect(lambda e: inserted.append(e.value.name))
+    widget.thr_method.value = "fcam"
+    widget.threshold.value = 0.2
+    assert "fcam mask" not in viewer.layers  # not made inside the slider's handler
+    widget.threshold.value = 0.7
+    mask = _mask_made(qtbot, viewer, widget)
+    assert inserted == ["fcam mask"] and mask.visible
+    heat = np.asarray(
+        viewer.layers["fcam"].data[0]
+        if viewer.layers["fcam"].multiscale
+        else viewer.layers["fcam"].data
+    )
+    shown = np.asarray(mask.data[0] if mask.multiscale else mask.data)
+    np.testing.assert_array_equal(shown, heat >= 0.7)
+    assert widget.area.value.startswith("fcam >= 0.70")
+    assert widget.session.state.thresholds["fcam"] == pytest.approx(0.7)
+
+
 def test_disagreement_layer_is_the_absolute_difference(app) -> None:
     viewer, widget, _ = app
     widget.diff_a.value, widget.diff_b.value = "fcam", "cam"
@@ -165,11 +191,16 @@ def test_disagreement_layer_is_the_absolute_difference(app) -> None:
     np.testing.assert_allclose(diff, np.abs(fcam - cam), atol=1e-6)
 
 
-def test_threshold_slider_and_otsu_update_the_mask_and_area(app) -> None:
+def _mask_made(qtbot, viewer, widget, method: str = "fcam"):
+    qtbot.waitUntil(lambda: f"{method} mask" in viewer.layers and not widget._turns, timeout=5000)
+    return viewer.layers[f"{method} mask"]
+
+
+def test_threshold_slider_and_otsu_update_the_mask_and_area(app, qtbot) -> None:
     viewer, widget, _ = app
     widget.thr_method.value = "fcam"
     widget.threshold.value = 0.2
-    mask = viewer.layers["fcam mask"]
+    mask = _mask_made(qtbot, viewer, widget)
     heat = np.asarray(
         viewer.layers["fcam"].data[0]
         if viewer.layers["fcam"].multiscale
@@ -263,6 +294,10 @@ def test_fine_tune_adds_a_version_refreshes_overlays_and_reverts(app, qtbot) -> 
         if viewer.layers["fcam"].multiscale
         else viewer.layers["fcam"].data
     ).copy()
+    widget.thr_method.value = "fcam"
+    widget.threshold.value = 0.5
+    mask = _mask_made(qtbot, viewer, widget)
+    levels_before = L.shown_levels(viewer.layers["fcam"])
     widget.steps.value = 5
     widget.fine_tune()
     _wait(qtbot, widget)  # the round ...
@@ -277,6 +312,13 @@ def test_fine_tune_adds_a_version_refreshes_overlays_and_reverts(app, qtbot) -> 
         else viewer.layers["fcam"].data
     )
     assert not np.allclose(fcam_before, fcam_after)
+    # The overlay kept its level objects (napari keeps its zoom level, draws once)
+    # and the mask over them follows the new map.
+    assert all(
+        a is b for a, b in zip(L.shown_levels(viewer.layers["fcam"]), levels_before, strict=True)
+    )
+    shown = np.asarray(mask.data[0] if mask.multiscale else mask.data)
+    np.testing.assert_array_equal(shown, fcam_after >= 0.5)
     # revert to the start model: its maps come back
     widget.version.value = widget.version.choices[0]
     _wait(qtbot, widget)
@@ -406,6 +448,7 @@ def test_session_round_trip_reproduces_the_layers(
     viewer, widget, _ = app
     widget.thr_method.value = "fcam"
     widget.threshold.value = 0.35
+    _mask_made(qtbot, viewer, widget)
     widget.diff_a.value, widget.diff_b.value = "fcam", "cam"
     widget.show_disagreement()
     widget.steps.value, widget.lr.value = 7, 3.5e-4
@@ -431,6 +474,8 @@ def test_session_round_trip_reproduces_the_layers(
         np.testing.assert_allclose(a.scale, b.scale)
         np.testing.assert_allclose(a.translate, b.translate)
     assert restored.threshold.value == pytest.approx(0.35)
+    qtbot.waitUntil(lambda: not restored._turns, timeout=5000)
+    assert sorted(layer.name for layer in other.layers) == names  # no second mask made
     assert restored.methods.value == widget.methods.value
     assert restored.steps.value == 7 and restored.lr.value == pytest.approx(3.5e-4)
 
@@ -575,6 +620,7 @@ def test_a_first_run_makes_its_overlays_before_any_tile_and_the_window_draws_aga
     assert widget.status.value.startswith("Done"), widget.status.value
     assert tiles_done_when_added == {"cam": 0, "fcam": 0}
     qtbot.waitUntil(lambda: not widget._turns, timeout=5000)
+    assert viewer.layers["cam"].visible and viewer.layers["fcam"].visible  # added hidden
     window = widget.window()
     assert window.updatesEnabled()
     canvases = window.findChildren(QOpenGLWidget)

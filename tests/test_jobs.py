@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
@@ -99,3 +101,34 @@ def test_a_held_call_goes_on_when_cancelled_or_after_the_limit(monkeypatch):
     )
     assert reports == [(0, 2), (1, 2)] and result is False
     assert time.perf_counter() - start < 5  # a GUI that never answers costs HOLD_LIMIT
+
+
+def _niceness(tid: int) -> int:
+    stat = open(f"/proc/self/task/{tid}/stat").read()
+    return int(stat.rsplit(")", 1)[1].split()[16])  # field 19: nice
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread priorities: Linux")
+def test_a_job_and_the_threads_it_starts_yield_the_cpu_to_the_gui():
+    import torch
+
+    def call(*, progress, should_stop):
+        seen: list[int] = []
+        helper = threading.Thread(target=lambda: seen.append(_niceness(threading.get_native_id())))
+        helper.start()
+        helper.join()
+        before = {int(t) for t in os.listdir("/proc/self/task")}
+        x = torch.rand(512, 512)
+        for _ in range(20):  # starts torch's OpenMP team for this thread
+            x = torch.tanh(x @ x.T)
+        team = {
+            int(t): _niceness(int(t)) for t in os.listdir("/proc/self/task") if int(t) not in before
+        }
+        return _niceness(threading.get_native_id()), seen[0], team
+
+    gui_before = _niceness(threading.get_native_id())
+    _, (own, helper, team) = _drain(jobs.stream(call, threading.Event()))
+    assert own == helper == jobs.JOB_NICENESS
+    if torch.get_num_threads() > 1:
+        assert team and all(n == jobs.JOB_NICENESS for n in team.values()), team
+    assert _niceness(threading.get_native_id()) == gui_before  # the caller's is unchanged
