@@ -161,12 +161,7 @@ def test_the_first_slider_move_makes_the_mask_on_later_turns_at_the_latest_value
     widget.threshold.value = 0.7
     mask = _mask_made(qtbot, viewer, widget)
     assert inserted == ["fcam mask"] and mask.visible
-    heat = np.asarray(
-        viewer.layers["fcam"].data[0]
-        if viewer.layers["fcam"].multiscale
-        else viewer.layers["fcam"].data
-    )
-    shown = np.asarray(mask.data[0] if mask.multiscale else mask.data)
+    heat, shown = (np.asarray(L.shown_levels(x)[0]) for x in (viewer.layers["fcam"], mask))
     np.testing.assert_array_equal(shown, heat >= 0.7)
     assert widget.area.value.startswith("fcam >= 0.70")
     assert widget.session.state.thresholds["fcam"] == pytest.approx(0.7)
@@ -317,8 +312,7 @@ def test_fine_tune_adds_a_version_refreshes_overlays_and_reverts(app, qtbot) -> 
     assert all(
         a is b for a, b in zip(L.shown_levels(viewer.layers["fcam"]), levels_before, strict=True)
     )
-    shown = np.asarray(mask.data[0] if mask.multiscale else mask.data)
-    np.testing.assert_array_equal(shown, fcam_after >= 0.5)
+    np.testing.assert_array_equal(np.asarray(L.shown_levels(mask)[0]), fcam_after >= 0.5)
     # revert to the start model: its maps come back
     widget.version.value = widget.version.choices[0]
     _wait(qtbot, widget)
