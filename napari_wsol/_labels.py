@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-from napari.layers import Labels
 from qtpy.QtCore import QTimer
 
 from napari_wsol import layers as L
@@ -110,14 +109,7 @@ class LabelsMixin:
         if PSEUDO_LAYER in self.viewer.layers:
             self._replace(self.viewer.layers[PSEUDO_LAYER], pseudo, grid, meta)
             return
-        layer = Labels(
-            pseudo,
-            name=PSEUDO_LAYER,
-            opacity=0.35,
-            colormap=L.label_colormap(L.PSEUDO_COLORS),
-            metadata=meta,
-            **grid,
-        )
+        layer = L.labels_layer(pseudo, PSEUDO_LAYER, 0.35, L.PSEUDO_COLORS, meta, grid)
         layer.editable = False
         self._add_layer(layer)
 
@@ -133,13 +125,8 @@ class LabelsMixin:
             self._replace(painted, corrections, grid, meta)
             self._start_editing(painted)
             return
-        painted = Labels(
-            corrections,
-            name=CORRECTIONS_LAYER,
-            opacity=0.8,
-            colormap=L.label_colormap(L.CORRECTION_COLORS),
-            metadata=meta,
-            **grid,
+        painted = L.labels_layer(
+            corrections, CORRECTIONS_LAYER, 0.8, L.CORRECTION_COLORS, meta, grid
         )
         painted.selected_label = 2
         painted.brush_size = 8

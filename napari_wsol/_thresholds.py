@@ -70,18 +70,19 @@ class ThresholdsMixin:
         data, multiscale = L.layer_data(self._threshold_views(method))
         place = L.Placement.of(self._source())
         class_name = self.target.value or "positive"
-        return Labels(
+        metadata = {
+            "wsol_method": method,
+            "slide_mpp": place.slide_mpp,
+            "label_names": {1: f"{class_name} ({method})"},
+        }
+        return L.labels_layer(
             data,
+            f"{method} mask",
+            0.45,
+            L.MASK_COLORS,
+            metadata,
+            place.grid(self.store.scale(0)),
             multiscale=multiscale,
-            name=f"{method} mask",
-            opacity=0.45,
-            colormap=L.label_colormap(L.MASK_COLORS),
-            metadata={
-                "wsol_method": method,
-                "slide_mpp": place.slide_mpp,
-                "label_names": {1: f"{class_name} ({method})"},
-            },
-            **place.grid(self.store.scale(0)),
         )
 
     def _threshold_moved(self) -> None:

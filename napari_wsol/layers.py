@@ -41,6 +41,29 @@ def label_colormap(colors: dict[int, tuple]) -> DirectLabelColormap:
     return DirectLabelColormap(color_dict={None: (0, 0, 0, 0), **colors})
 
 
+def labels_layer(
+    data,
+    name: str,
+    opacity: float,
+    colors: dict[int, tuple],
+    metadata: dict,
+    grid: dict,
+    multiscale: bool = False,
+):
+    """A Labels layer of the app: fixed colours per label, placed on ``grid``."""
+    from napari.layers import Labels
+
+    return Labels(
+        data,
+        multiscale=multiscale,
+        name=name,
+        opacity=opacity,
+        colormap=label_colormap(colors),
+        metadata=metadata,
+        **grid,
+    )
+
+
 @dataclass(frozen=True)
 class Placement:
     """How level-0 pixels of the source image map to world coordinates."""
