@@ -88,7 +88,7 @@ class ThresholdsMixin:
     def _threshold_moved(self) -> None:
         """The slider (or the method) changed: follow it, making the mask layer first.
 
-        Making the layer (50-70 ms) and napari's adding it (75-90 ms) take turns of
+        Making the layer (50-70 ms) and napari's adding it (60-75 ms) take turns of
         their own (:meth:`_later`), so the first move of a drag does not freeze the
         viewer for 150-220 ms; the mask then shows the slider's latest value.
         """

@@ -87,6 +87,14 @@ def _warm_labels() -> None:
     from napari.layers import Labels
 
     Labels(np.zeros((1, 1), np.uint8))
+    # Its canvas visual gets polygon overlays whose line visuals each build vispy's dash
+    # atlas; the patterns are cached after the first build, which takes 60-80 ms of
+    # pure Python and made the first mask layer's add take twice as long as the next.
+    try:
+        from vispy.visuals.line.dash_atlas import DashAtlas
+    except ImportError:  # moved in a later vispy: only the first add is slower
+        return
+    DashAtlas()
 
 
 def faithfulness_html(target: str, scores: dict[str, dict]) -> str:
@@ -828,7 +836,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
 
         From a queued step (:meth:`_later`) the adding gets a turn of its own, the next
         one: making a layer reads its data and thumbnail (10-20 ms), adding it is
-        napari's 65-90 ms, and together they passed 100 ms.
+        napari's 60-75 ms, and together they passed 80 ms.
         """
         if self._in_turn:
             self._later(self._append_layer, layer, then, first=True)
@@ -838,7 +846,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
     def _append_layer(self, layer, then=None) -> None:
         """Append ``layer``; the window repaints on the next turn, the canvas the one after.
 
-        Adding a layer takes napari 65-90 ms here; repainting the window's widgets
+        Adding a layer takes napari 60-75 ms here; repainting the window's widgets
         after it about 50 ms and drawing the canvas 40-60 ms more (software OpenGL
         under Xvfb). Qt would do all three in one turn; pausing the window's and the
         canvas's updates and resuming them on turns of their own lets input in between.

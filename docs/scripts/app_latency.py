@@ -14,6 +14,8 @@ sample model; maps are computed for the whole view. Measured:
 - stalls: a 5 ms QTimer on the GUI thread records the gaps between its ticks while a
   job runs in the background (inference of the whole slide, one fine-tuning round,
   pseudo-labels); the longest gap is the longest time the viewer was unresponsive;
+- the frame of every layer (slide, overlays, mask, pseudo-labels, corrections) with no
+  job running: the renderer's floor under the stalls of the jobs that show them;
 - a full garbage collection at the end, with the objects the widget froze at start-up
   (napari_wsol._heap) and without.
 """
@@ -172,6 +174,24 @@ def main() -> None:
     pseudo = job(widget.make_pseudo_labels)
     report["jobs"]["pseudo-labels"] = [pseudo]
     print("pseudo", pseudo, widget.status.value, flush=True)
+    # One frame of every layer with nothing running: the renderer's floor for the
+    # fine-tuning rounds below (each ends with frames of all of them).
+    from qtpy.QtWidgets import QOpenGLWidget
+
+    canvases = widget.window().findChildren(QOpenGLWidget)
+    frames = []
+    for _ in range(15):
+        t0 = time.perf_counter()
+        for canvas in canvases:
+            canvas.update()
+        QApplication.processEvents()
+        frames.append((time.perf_counter() - t0) * 1000)
+    report["all_layers_frame_ms"] = {
+        "layers": len(viewer.layers),
+        "median": round(statistics.median(frames), 1),
+        "max": round(max(frames), 1),
+    }
+    print("frame of every layer", report["all_layers_frame_ms"], flush=True)
     tunes = []
     for _ in range(args.repeats):
         tunes.append(job(widget.fine_tune))  # the round, then the overlays recomputed
