@@ -31,6 +31,7 @@ import tempfile
 import time
 
 import numpy as np
+from gui_timing import GapRecorder, pump, redraw_ms
 
 
 def full_collection_ms() -> dict:
@@ -69,7 +70,6 @@ def main() -> None:
     os.environ.setdefault("WSOL_SESSIONS", tempfile.mkdtemp(prefix="wsol-latency-"))
 
     import napari
-    from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
     viewer = napari.Viewer(show=True)
@@ -80,34 +80,18 @@ def main() -> None:
     viewer.reset_view()
     QApplication.processEvents()
 
-    gaps: list[float] = []
-    last = [time.perf_counter()]
-
-    def tick() -> None:
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(5)
-    timer.timeout.connect(tick)
+    recorder = GapRecorder()
 
     def job(start, running=lambda: widget.worker is not None, settle: float = 0.0) -> dict:
-        gaps.clear()
-        last[0] = time.perf_counter()
-        timer.start()
+        recorder.start()
         t0 = time.perf_counter()
         start()
         while running():
             QApplication.processEvents()
             time.sleep(0.001)
         seconds = time.perf_counter() - t0
-        end = time.perf_counter() + settle  # the frames that follow the last step
-        while time.perf_counter() < end:
-            QApplication.processEvents()
-            time.sleep(0.001)
-        timer.stop()
-        ms = np.array(gaps) * 1000
+        pump(settle)  # the frames that follow the last step
+        ms = recorder.stop()
         return {
             "seconds": round(seconds, 2),
             "max_stall_ms": round(float(ms.max()), 1),
@@ -178,14 +162,7 @@ def main() -> None:
     # fine-tuning rounds below (each ends with frames of all of them).
     from qtpy.QtWidgets import QOpenGLWidget
 
-    canvases = widget.window().findChildren(QOpenGLWidget)
-    frames = []
-    for _ in range(15):
-        t0 = time.perf_counter()
-        for canvas in canvases:
-            canvas.update()
-        QApplication.processEvents()
-        frames.append((time.perf_counter() - t0) * 1000)
+    frames = redraw_ms(widget.window().findChildren(QOpenGLWidget))
     report["all_layers_frame_ms"] = {
         "layers": len(viewer.layers),
         "median": round(statistics.median(frames), 1),

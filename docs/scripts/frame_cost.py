@@ -15,9 +15,9 @@ without a depth test.
 from __future__ import annotations
 
 import statistics
-import time
 
 import numpy as np
+from gui_timing import redraw_ms
 
 
 def main() -> None:
@@ -42,14 +42,7 @@ def main() -> None:
 
     def frame_ms() -> float:
         settle()
-        times = []
-        for _ in range(15):
-            t0 = time.perf_counter()
-            for canvas in canvases:
-                canvas.update()
-            QApplication.processEvents()
-            times.append((time.perf_counter() - t0) * 1000)
-        return round(statistics.median(times), 1)
+        return round(statistics.median(redraw_ms(canvases)), 1)
 
     print("slide alone", frame_ms(), flush=True)
     h, w = image.data[0].shape[:2] if image.multiscale else image.data.shape[:2]

@@ -17,7 +17,8 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
+
+from gui_timing import GapRecorder, pump
 
 
 def main() -> None:
@@ -27,7 +28,6 @@ def main() -> None:
     os.environ.setdefault("WSOL_SESSIONS", tempfile.mkdtemp(prefix="wsol-pseudo-"))
 
     import napari
-    from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
     from napari_wsol._labels import CORRECTIONS_LAYER, PSEUDO_LAYER
@@ -39,33 +39,14 @@ def main() -> None:
     QApplication.processEvents()
     viewer.reset_view()
 
-    gaps: list[float] = []
-    last = [time.perf_counter()]
-
-    def tick() -> None:
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(5)
-    timer.timeout.connect(tick)
-
-    def pump(seconds: float) -> None:
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            QApplication.processEvents()
-            time.sleep(0.001)
+    recorder = GapRecorder()
 
     def job(start) -> float:
-        gaps.clear()
-        last[0] = time.perf_counter()
-        timer.start()
+        recorder.start()
         start()
         while widget.worker is not None:
             pump(0.001)
-        timer.stop()
-        return round(1000 * max(gaps), 1)
+        return round(float(recorder.stop().max()), 1)
 
     job(widget.run)
     widget.thr_method.value = "fcam"
