@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,6 +9,7 @@ import torch.nn.functional as F
 import wsol
 from wsol import cams
 from wsol.cams import formulas
+from wsol.cams.int8 import int8_scorer
 
 CAM_FAMILY = ["cam", "gradcam", "gradcampp", "xgradcam", "layercam", "scorecam", "smoothgradcampp"]
 
@@ -190,3 +193,48 @@ def test_scorecam_scale_is_an_opt_in_approximation(resnet18, batch) -> None:
     assert torch.corrcoef(torch.stack([half.flatten(), exact.flatten()]))[0, 1] > 0.9
     with pytest.raises(ValueError, match="scale"):
         cams.compute_many(resnet18, x, ["scorecam"], scorecam_scale=0)
+
+
+def _sharpened(model: wsol.WSOLModel) -> wsol.WSOLModel:
+    """A copy whose masked images score far apart, as a trained model's do (a random
+    classifier scores them all alike, and any Score-CAM weights look uniform)."""
+    sharp = copy.deepcopy(model)
+    with torch.no_grad():
+        sharp.classifier.fc.weight.mul_(50)
+    return sharp
+
+
+def test_int8_scorer_is_a_quantized_copy_that_leaves_the_model_alone(resnet18, batch) -> None:
+    before = {k: v.clone() for k, v in resnet18.state_dict().items()}
+    score = int8_scorer(resnet18, batch)
+    assert score is not None
+    with torch.no_grad():
+        floats, ints = resnet18(batch), score(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the pipeline calls it under autocast
+            ints_autocast = score(batch)
+    assert ints.dtype == torch.float32 and ints.shape == floats.shape
+    assert not torch.equal(ints, floats)  # it really runs in int8 ...
+    torch.testing.assert_close(ints, floats, atol=0.05 * floats.abs().max().item(), rtol=0)
+    torch.testing.assert_close(ints_autocast, ints)  # ... and autocast does not reach it
+    after = resnet18.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in resnet18.modules())
+
+
+def test_scorecam_int8_matches_float_scorecam(resnet18, batch) -> None:
+    model = _sharpened(resnet18)
+    exact = cams.compute(model, batch, "scorecam")
+    fast = cams.compute_many(model, batch, ["scorecam"], scorecam_int8=True).maps["scorecam"]
+    assert fast.shape == exact.shape and 0 <= fast.min() and fast.max() <= 1
+    assert not torch.equal(fast, exact)
+    for i in range(len(batch)):
+        assert torch.corrcoef(torch.stack([fast[i].flatten(), exact[i].flatten()]))[0, 1] > 0.99
+
+
+def test_scorecam_int8_falls_back_to_float_for_a_vit() -> None:
+    model = wsol.create_model("deit_small_patch16_224", 2).eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert int8_scorer(model, x) is None  # its token reshape does not trace
+    exact = cams.compute(model, x, "scorecam")
+    fast = cams.compute_many(model, x, ["scorecam"], scorecam_int8=True).maps["scorecam"]
+    torch.testing.assert_close(fast, exact)

@@ -175,6 +175,7 @@ def test_bench_cams_small_run(tmp_path: Path) -> None:
     assert rows["scorecam"]["per_image"] is True
     assert report["scorecam_precision"] == "bfloat16"
     assert rows["scorecam (bfloat16 autocast)"]["ours_s"] > 0
+    assert rows["scorecam (int8 masked forwards, scorecam_int8=True)"]["speedup"] > 0
 
 
 def test_headless_demo_writes_overlays(tmp_path: Path, capsys) -> None:

@@ -227,3 +227,19 @@ def test_cuda_with_amp_matches_cpu(small_model, slide, tmp_path: Path) -> None:
     gpu_model.load_state_dict(small_model.state_dict())
     gpu = infer_slide(gpu_model, slide, tmp_path / "g.zarr", ["cam"], level=2)
     np.testing.assert_allclose(_map(gpu.store, "cam"), _map(cpu.store, "cam"), atol=0.02)
+
+
+def test_auto_precision_scores_scorecam_in_int8_on_the_cpu(
+    small_model, slide, tmp_path: Path
+) -> None:
+    options = dict(level=1, tissue=False, tiles=[0])
+    auto = infer_slide(small_model, slide, tmp_path / "a.zarr", ["scorecam"], **options)
+    assert auto.store.settings["cam_options"] == {"scorecam_int8": True}
+    full = infer_slide(
+        small_model, slide, tmp_path / "f.zarr", ["scorecam"], precision="float32", **options
+    )
+    assert full.store.settings["cam_options"] == {}
+    kept = infer_slide(
+        small_model, slide, tmp_path / "k.zarr", ["scorecam"], scorecam_int8=False, **options
+    )
+    assert kept.store.settings["cam_options"] == {"scorecam_int8": False}

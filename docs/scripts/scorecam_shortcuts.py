@@ -7,7 +7,10 @@ every masked image almost alike; a trained model does not):
 - scoring the masked images at half resolution (4x fewer FLOPs);
 - scoring only the top-k channels by mean activation ("Faster Score-CAM");
 - scoring the masked images in bfloat16 (autocast), as the slide pipeline does on a CPU
-  with native bfloat16 (the same images, in lower precision).
+  with native bfloat16 (the same images, in lower precision);
+- scoring them with an int8 copy of the model (``scorecam_int8``, what the slide
+  pipeline's ``precision="auto"`` does on a CPU), calibrated on the images of the call:
+  all 8 at once, or each image in a call of its own.
 
 Run: python docs/scripts/scorecam_shortcuts.py
 With a trained model, on the positive test tiles of a make-benchmark folder (the
@@ -50,6 +53,11 @@ def compare(model, x: torch.Tensor, label: str) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = scorecam_scores(model, x, acts, targets)
         approx["bfloat16"] = to_map(low, acts, size)
+        int8 = scorecam_scores(model, x, acts, targets, int8=True)
+        approx["int8, 8 per call"] = to_map(int8, acts, size)
+        one = [slice(i, i + 1) for i in range(len(x))]
+        alone = [scorecam_scores(model, x[i], acts[i], targets[i], int8=True) for i in one]
+        approx["int8, 1 per call"] = to_map(torch.cat(alone), acts, size)
         for k in (64, 128):
             top = acts.flatten(2).mean(2).topk(k, dim=1).indices
             kept = torch.full_like(exact_scores, float("-inf"))
@@ -57,7 +65,7 @@ def compare(model, x: torch.Tensor, label: str) -> None:
             approx[f"top-{k} channels"] = to_map(kept, acts, size)
     for name, maps in approx.items():
         rs = [pearson(exact[i], maps[i]) for i in range(len(x))]
-        print(f"{label}  {name:<16} Pearson min {min(rs):.3f}  median {np.median(rs):.3f}")
+        print(f"{label}  {name:<18} Pearson min {min(rs):.3f}  median {np.median(rs):.3f}")
 
 
 def main() -> None:

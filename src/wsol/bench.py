@@ -7,6 +7,7 @@ the same process on the same batch, so ratios are meaningful on a noisy machine.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import statistics
@@ -121,7 +122,8 @@ def bench_cams(
         with torch.no_grad():
             model(inputs)
 
-    theirs = _reference_cams(model) if reference else {}
+    # pytorch-grad-cam hooks the model it is given: a copy keeps its hooks out of ours.
+    theirs = _reference_cams(copy.deepcopy(model)) if reference else {}
     rows: list[dict[str, Any]] = []
     floors: list[float] = []
     family = ["cam", "gradcam", "gradcampp", "xgradcam", "layercam"]
@@ -160,6 +162,9 @@ def bench_cams(
                 compute_many(model, x_score, ["scorecam"])
 
         fns["ours_low"] = ours_low
+    int8 = torch.device(device).type == "cpu"
+    if int8:
+        fns["ours_int8"] = lambda: compute_many(model, x_score, ["scorecam"], scorecam_int8=True)
     if "scorecam" in theirs:
         fns["theirs"] = lambda: _quiet(theirs["scorecam"], x_score)
     t = interleaved_times(fns, repeats, sync)
@@ -170,6 +175,8 @@ def bench_cams(
     variants = [("ours", "scorecam"), ("ours_half", "scorecam (scorecam_scale=0.5)")]
     if low is not None:
         variants.insert(1, ("ours_low", f"scorecam ({dtype_name(low)} autocast)"))
+    if int8:
+        variants.insert(-1, ("ours_int8", "scorecam (int8 masked forwards, scorecam_int8=True)"))
     for key, name in variants:
         row = {
             "method": name,

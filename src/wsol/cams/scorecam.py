@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from wsol.cams.int8 import int8_scorer
 from wsol.model import WSOLModel
 
 
@@ -16,6 +17,7 @@ def scorecam_scores(
     targets: torch.Tensor,
     batch_size: int = 16,
     scale: float = 1.0,
+    int8: bool = False,
 ) -> torch.Tensor:
     """Target-class logits of the input masked by each activation channel.
 
@@ -36,6 +38,9 @@ def scorecam_scores(
     fewer FLOPs, at the cost of map fidelity that depends on the model (see
     docs/BENCHMARKS.md). ``scale=1`` is exact.
 
+    ``int8`` scores the same masked images with an int8 copy of ``model``
+    (:func:`wsol.cams.int8.int8_scorer`), where the model can be quantized.
+
     Returns
     -------
     Tensor [B, K]
@@ -46,29 +51,43 @@ def scorecam_scores(
     if scale < 1:
         x = F.interpolate(x, scale_factor=scale, mode="bilinear", antialias=True)
     batch, channels = activations.shape[:2]
-    size = (x.shape[-2], x.shape[-1])
     flat = activations.flatten(2)
     lo, hi = flat.amin(dim=2), flat.amax(dim=2)
     varying = hi > lo
     blank = ~varying & (hi != 0)
+    pairs = varying.nonzero()  # [N, 2] of (image, channel)
+
+    score = model
+    if int8 and pairs.shape[0]:
+        # Calibrate on what will be scored: the images, a blank one (a mask's zeros)
+        # and a few masked ones spread over the images; the images alone leave some
+        # masked images' activations outside the int8 ranges (docs/BENCHMARKS.md).
+        some = pairs[torch.linspace(0, pairs.shape[0] - 1, min(pairs.shape[0], 4 * batch)).long()]
+        calibration = torch.cat([x, _masked(x, activations, *some.unbind(1)), x[:1] * 0])
+        score = int8_scorer(model, calibration) or model
 
     scores = torch.full((batch, channels), float("-inf"), device=x.device, dtype=x.dtype)
     if blank.any():
-        blank_logits = model(torch.zeros_like(x[:1]))[0]
+        blank_logits = score(torch.zeros_like(x[:1]))[0]
         scores[blank] = (
             blank_logits[targets].unsqueeze(1).expand(-1, channels)[blank].to(scores.dtype)
         )
 
-    pairs = varying.nonzero()  # [N, 2] of (image, channel)
     for start in range(0, pairs.shape[0], batch_size):
         b, k = pairs[start : start + batch_size].unbind(dim=1)
-        masks = F.interpolate(
-            activations[b, k].unsqueeze(1), size=size, mode="bilinear", align_corners=True
-        )
-        m_flat = masks.flatten(1)
-        m_lo = m_flat.amin(dim=1).view(-1, 1, 1, 1)
-        m_hi = m_flat.amax(dim=1).view(-1, 1, 1, 1)
-        masks = (masks - m_lo) / (m_hi - m_lo + 1e-8)
-        logits = model(x[b] * masks)
+        logits = score(_masked(x, activations, b, k))
         scores[b, k] = logits.gather(1, targets[b].unsqueeze(1))[:, 0].to(scores.dtype)
     return scores
+
+
+def _masked(
+    x: torch.Tensor, activations: torch.Tensor, b: torch.Tensor, k: torch.Tensor
+) -> torch.Tensor:
+    """Image ``b[i]`` times its channel ``k[i]``, upsampled and min-max normalized."""
+    masks = F.interpolate(
+        activations[b, k].unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=True
+    )
+    m_flat = masks.flatten(1)
+    m_lo = m_flat.amin(dim=1).view(-1, 1, 1, 1)
+    m_hi = m_flat.amax(dim=1).view(-1, 1, 1, 1)
+    return x[b] * ((masks - m_lo) / (m_hi - m_lo + 1e-8))

@@ -104,6 +104,8 @@ def infer_slide(
         native bfloat16 (:func:`wsol.precision.autocast_dtype`), else float32;
         ``"float32"``, ``"bfloat16"`` or ``"float16"`` force one. Part of the store's
         settings: a store is resumed only in the precision it was started in.
+        On the CPU, ``"auto"`` also scores Score-CAM's masked images in int8
+        (``scorecam_int8=True`` unless ``cam_options`` says otherwise).
     resume : bool
         Continue an unfinished store with identical settings (default); False starts
         over.
@@ -147,6 +149,8 @@ def infer_slide(
         tissue = slide.backend != "image"
 
     dtype = autocast_dtype(model.device, precision)
+    if precision == "auto" and model.device.type == "cpu" and "scorecam" in methods:
+        cam_options.setdefault("scorecam_int8", True)
     settings = {
         "slide": {
             "name": slide.path.name,
