@@ -57,3 +57,17 @@ def test_pearson_with_pytorch_grad_cam(backbone: str, methods: list[str], he_til
         print(f"parity {backbone} {method}: Pearson per image {[round(r, 6) for r in rs]}")
         for i, r in enumerate(rs):
             assert r >= 0.99, f"{backbone} {method} image {i}: Pearson {r:.4f}"
+
+
+def test_int8_scorecam_keeps_parity_with_pytorch_grad_cam(he_tile) -> None:
+    """The CPU's fast Score-CAM (masked images scored in int8) against the reference."""
+    model = _model("resnet18")
+    x = _inputs(model, he_tile, 128)
+    targets = [0, 1]
+    ours = cams.compute_many(model, x, ["scorecam"], targets=targets, scorecam_int8=True)
+    with pytorch_grad_cam.ScoreCAM(model=model, target_layers=[reference_layer(model)]) as ref:
+        theirs = ref(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
+    mine = ours.maps["scorecam"].cpu().numpy()
+    rs = [pearson(mine[i], theirs[i]) for i in range(len(x))]
+    print(f"parity resnet18 scorecam (int8 scoring): Pearson per image {rs}")
+    assert min(rs) >= 0.99
