@@ -24,21 +24,14 @@ from collections.abc import Callable
 
 import torch
 
-from wsol.bench import tissue_batch
+from wsol.bench import interleaved_times, tissue_batch
 from wsol.cams import compute_many
 from wsol.cams.int8 import int8_scorer
 from wsol.model import create_model
 
 
 def rounds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+    times = interleaved_times(fns, repeats)
     return {name: round(1000 * statistics.median(t), 1) for name, t in times.items()}
 
 
