@@ -243,3 +243,8 @@ def test_auto_precision_scores_scorecam_in_int8_on_the_cpu(
         small_model, slide, tmp_path / "k.zarr", ["scorecam"], scorecam_int8=False, **options
     )
     assert kept.store.settings["cam_options"] == {"scorecam_int8": False}
+
+
+def test_an_empty_tile_list_runs_nothing(small_model, slide, tmp_path: Path) -> None:
+    result = infer_slide(small_model, slide, tmp_path / "e.zarr", ["cam"], level=1, tiles=[])
+    assert result.tiles_run == 0 and result.store.complete

@@ -174,7 +174,7 @@ def infer_slide(
     selected = tile_tissue >= (min_tissue if tissue else 0.0)
     if tiles is not None:
         keep = np.zeros_like(selected)
-        keep[np.asarray(tiles)] = True
+        keep[np.asarray(tiles, dtype=np.intp)] = True
         selected &= keep
     total = int(selected.sum())
     if store.complete:
