@@ -3,7 +3,8 @@
 resnet18 (random init), crops of the sample H&E tile at 224 px, in one process:
 
 1. one forward of 16 crops: float32, bfloat16 autocast, and the int8 copy of
-   ``wsol.cams.int8.int8_scorer`` (what Score-CAM's masked forwards cost);
+   ``wsol.cams.int8.int8_scorer`` (what Score-CAM's masked forwards cost); and making
+   that copy, calibrated on 6 images as a Score-CAM call of one crop calibrates;
 2. Score-CAM of one crop with int8 scoring in chunks of 16, 32 or 64 masked images;
 3. with ``--compile``: Score-CAM under bfloat16 autocast with the masked forwards run by
    ``torch.compile`` (weight freezing), against the same without it.
@@ -61,6 +62,8 @@ def main() -> None:
             "int8": lambda: int8(x),
         }
         print("forward of 16 crops (ms):", rounds(forwards, args.repeats), flush=True)
+        making = {"int8 copy, 6 calibration images": lambda: int8_scorer(model, x[:6])}
+        print("making the int8 copy (ms):", rounds(making, args.repeats), flush=True)
 
     chunks = {
         f"int8, chunks of {c}": lambda c=c: compute_many(

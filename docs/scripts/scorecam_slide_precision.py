@@ -41,11 +41,12 @@ def main() -> None:
     with open_slide(ROOT / "CMU-1-Small-Region.svs") as slide, tempfile.TemporaryDirectory() as d:
         for round_ in range(args.repeats + 1):
             for name, options in VARIANTS.items():
-                out = Path(d) / f"{round_}-{len(maps)}-{name.split()[0]}.zarr"
+                out = Path(d) / f"{round_}-{name.split()[0]}.zarr"
                 result, seconds = _run(model, slide, out, options, args.tiles)
                 if round_:
                     times[name].append(seconds)
-                maps[name] = np.asarray(result.store.levels("scorecam")[0][...], np.float32)
+                if round_ == args.repeats:
+                    maps[name] = np.asarray(result.store.levels("scorecam")[0][...], np.float32)
     tiles = result.tiles_run
     ref = maps["float32"].ravel()
     for name, t in times.items():

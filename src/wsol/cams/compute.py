@@ -122,10 +122,10 @@ def compute_many(
     scorecam_int8 : bool
         Score Score-CAM's masked images with an int8 copy of the model, calibrated on
         the images and a few of their masked copies (:func:`wsol.cams.int8.int8_scorer`):
-        the same images, about twice
-        as fast as bfloat16 on a CPU with VNNI, maps equal to float32 ones to Pearson
-        >= 0.999 on a trained model (docs/BENCHMARKS.md). CPU only; where the model
-        cannot be quantized (or on a GPU) the masked images are scored as without it.
+        the same images, about twice as fast as bfloat16 on a CPU with VNNI, maps equal
+        to float32 ones to Pearson >= 0.99 on trained models (docs/BENCHMARKS.md). CPU
+        only; where the model cannot be quantized (or on a GPU) the masked images are
+        scored as without it.
     smooth_samples, smooth_noise : int, float
         Smooth Grad-CAM++: noisy copies per image and noise std as a fraction of each
         image's value range.

@@ -63,7 +63,9 @@ def scorecam_scores(
         # and a few masked ones spread over the images; the images alone leave some
         # masked images' activations outside the int8 ranges (docs/BENCHMARKS.md).
         some = pairs[torch.linspace(0, pairs.shape[0] - 1, min(pairs.shape[0], 4 * batch)).long()]
-        calibration = torch.cat([x, _masked(x, activations, *some.unbind(1)), x[:1] * 0])
+        calibration = torch.cat(
+            [x, _masked(x, activations, *some.unbind(1)), torch.zeros_like(x[:1])]
+        )
         score = int8_scorer(model, calibration) or model
 
     scores = torch.full((batch, channels), float("-inf"), device=x.device, dtype=x.dtype)
