@@ -87,9 +87,10 @@ def _warm_labels() -> None:
     from napari.layers import Labels
 
     Labels(np.zeros((1, 1), np.uint8))
-    # Its canvas visual gets polygon overlays whose line visuals each build vispy's dash
-    # atlas; the patterns are cached after the first build, which takes 60-80 ms of
-    # pure Python and made the first mask layer's add take twice as long as the next.
+    # A Labels layer's polygon tool has line visuals that each build vispy's dash atlas;
+    # the patterns are cached after the first build, which takes 60-80 ms of pure
+    # Python. The app's layers build the tool when it is first picked
+    # (layers.defer_tool_overlays), other Labels layers inside their add.
     try:
         from vispy.visuals.line.dash_atlas import DashAtlas
     except ImportError:  # moved in a later vispy: only the first add is slower

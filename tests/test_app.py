@@ -572,6 +572,49 @@ def test_the_widget_builds_what_the_first_labels_layer_would_build(viewer) -> No
     assert _make_pattern.cache_info().misses == misses
 
 
+def test_a_labels_layer_builds_its_drawing_tools_when_they_are_picked(viewer) -> None:
+    """napari builds the polygon and brush-stroke tools of every Labels layer in its add
+    (a third of the add); the app's Labels layers build each tool when it is first
+    picked, and the tool then works."""
+    from dataclasses import dataclass, field
+
+    from napari.utils.interactions import (
+        mouse_double_click_callbacks,
+        mouse_press_callbacks,
+    )
+
+    @dataclass
+    class Click:
+        type: str
+        position: tuple
+        button: int = 1
+        pos: tuple = (0.0, 0.0)  # on the canvas
+        modifiers: list = field(default_factory=list)
+        dims_displayed: list = field(default_factory=lambda: [0, 1])
+        is_dragging: bool = False
+        handled: bool = False
+
+    def tools() -> list[str]:  # the canvas visuals listening to the layer's clicks
+        owners = (getattr(c, "__self__", None) for c in layer.mouse_drag_callbacks)
+        return [type(o).__name__ for o in owners if "overlays" in type(o).__module__]
+
+    layer = L.labels_layer(np.zeros((32, 32), np.uint8), "p", 0.5, L.PSEUDO_COLORS, {}, {})
+    viewer.layers.append(layer)
+    assert tools() == []
+    layer.mode = "polygon"
+    assert tools() == ["VispyLabelsPolygonOverlay"]
+    layer.mode = "paint"
+    layer.mode = "polygon"
+    assert sorted(tools()) == ["VispyLabelsBrushStrokeOverlay", "VispyLabelsPolygonOverlay"]
+
+    layer.selected_label = 2
+    for corner in [(4, 4), (4, 20), (20, 20), (20, 4)]:
+        mouse_press_callbacks(layer, Click("mouse_press", corner))
+    mouse_double_click_callbacks(layer, Click("mouse_double_click", (20, 4)))
+    assert (layer.data[6:18, 6:18] == 2).all()
+    assert (layer.data[24:] == 0).all()
+
+
 def test_a_results_layers_are_made_one_per_turn_before_the_job_ends(viewer, qtbot) -> None:
     """Each queued GUI step gets its own event-loop turn (other events run between), and
     the job counts as running until its queued steps are done."""

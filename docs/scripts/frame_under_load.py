@@ -1,0 +1,96 @@
+"""Does a job's computing slow the canvas's frames? A frame idle and beside convolutions.
+
+Run under an X server from the repository root::
+
+    xvfb-run -a .venv/bin/python docs/scripts/frame_under_load.py
+
+The scene of docs/scripts/frame_cost.py: the sample slide in a 1600 x 1000 window, four
+map-like overlays and three Labels layers over the whole view. Three rounds of: the
+median of 15 redraws of the unchanged canvas with nothing else running, then with a
+thread running convolutions at nice 10 (the app's jobs' priority,
+napari_wsol.jobs.JOB_NICENESS), then at nice 0.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+
+import numpy as np
+from gui_timing import redraw_ms
+
+
+def convolve_until(stop: threading.Event, niceness: int) -> None:
+    import torch
+
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    convs = torch.nn.Sequential(*[torch.nn.Conv2d(64, 64, 3, padding=1) for _ in range(4)])
+    x = torch.randn(8, 64, 64, 64)
+    with torch.no_grad():
+        while not stop.is_set():
+            convs(x)
+
+
+def main() -> None:
+    import napari
+    from qtpy.QtWidgets import QApplication, QOpenGLWidget
+    from scipy.ndimage import zoom
+
+    viewer = napari.Viewer(show=True)
+    (image,) = viewer.open_sample("napari-wsol", "cmu_small_region")
+    viewer.window.resize(1600, 1000)
+    QApplication.processEvents()
+    viewer.reset_view()
+    canvases = [
+        canvas
+        for window in QApplication.topLevelWidgets()
+        for canvas in window.findChildren(QOpenGLWidget)
+    ]
+    h, w = image.data[0].shape[:2]
+    rng = np.random.default_rng(0)
+    smooth = zoom(rng.random((h // 256 + 1, w // 256 + 1)).astype(np.float32), 32, order=1)
+    scale = (h / smooth.shape[0], w / smooth.shape[1])
+    for i in range(4):
+        viewer.add_image(
+            smooth,
+            name=f"map {i}",
+            colormap="inferno",
+            opacity=0.7,
+            contrast_limits=(0, 1),
+            blending="translucent",
+            scale=scale,
+        )
+    for i in range(3):
+        viewer.add_labels((smooth > 0.5).astype(np.uint8), name=f"labels {i}", scale=scale)
+
+    def frame_ms() -> float:
+        for _ in range(5):
+            QApplication.processEvents()
+        return statistics.median(redraw_ms(canvases))
+
+    frames: dict[str, list[float]] = {
+        "idle": [],
+        "convolutions at nice 10": [],
+        "convolutions at nice 0": [],
+    }
+    for _ in range(3):
+        for name in frames:
+            stop = threading.Event()
+            if name != "idle":
+                niceness = int(name.rsplit(" ", 1)[1])
+                worker = threading.Thread(target=convolve_until, args=(stop, niceness))
+                worker.start()
+                time.sleep(1.0)
+            frames[name].append(frame_ms())
+            stop.set()
+            if name != "idle":
+                worker.join()
+    for name, ms in frames.items():
+        print(f"{name:26s} frame (ms): {[round(x, 1) for x in ms]}", flush=True)
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
