@@ -17,54 +17,22 @@ from __future__ import annotations
 import statistics
 
 import numpy as np
-from gui_timing import redraw_ms
+from gui_timing import canvases, frame_scene, redraw_ms, slide_viewer
 
 
 def main() -> None:
-    import napari
-    from qtpy.QtWidgets import QApplication, QOpenGLWidget
-    from scipy.ndimage import zoom
+    from qtpy.QtWidgets import QApplication
 
-    viewer = napari.Viewer(show=True)
-    (image,) = viewer.open_sample("napari-wsol", "cmu_small_region")
-    viewer.window.resize(1600, 1000)
-    QApplication.processEvents()
-    viewer.reset_view()
-    canvases = [
-        canvas
-        for window in QApplication.topLevelWidgets()
-        for canvas in window.findChildren(QOpenGLWidget)
-    ]
-
-    def settle() -> None:
-        for _ in range(5):
-            QApplication.processEvents()
+    viewer, image = slide_viewer()
+    shown = canvases()
 
     def frame_ms() -> float:
-        settle()
-        return round(statistics.median(redraw_ms(canvases)), 1)
+        for _ in range(5):
+            QApplication.processEvents()
+        return round(statistics.median(redraw_ms(shown)), 1)
 
     print("slide alone", frame_ms(), flush=True)
-    h, w = image.data[0].shape[:2] if image.multiscale else image.data.shape[:2]
-    rng = np.random.default_rng(0)
-    smooth = zoom(rng.random((h // 256 + 1, w // 256 + 1)).astype(np.float32), 32, order=1)
-    scale = (h / smooth.shape[0], w / smooth.shape[1])
-    overlays = [
-        viewer.add_image(
-            smooth,
-            name=f"map {i}",
-            colormap="inferno",
-            opacity=0.7,
-            contrast_limits=(0, 1),
-            blending="translucent",
-            scale=scale,
-        )
-        for i in range(4)
-    ]
-    labels = [
-        viewer.add_labels((smooth > 0.5).astype(np.uint8), name=f"labels {i}", scale=scale)
-        for i in range(3)
-    ]
+    overlays, labels, smooth = frame_scene(viewer, image)
     print("+ 4 overlays + 3 Labels (float32, napari's default nearest)", frame_ms(), flush=True)
     for layer in overlays:
         layer.interpolation2d = "linear"

@@ -18,8 +18,7 @@ import statistics
 import threading
 import time
 
-import numpy as np
-from gui_timing import redraw_ms
+from gui_timing import canvases, frame_scene, redraw_ms, slide_viewer
 
 
 def convolve_until(stop: threading.Event, niceness: int) -> None:
@@ -34,41 +33,16 @@ def convolve_until(stop: threading.Event, niceness: int) -> None:
 
 
 def main() -> None:
-    import napari
-    from qtpy.QtWidgets import QApplication, QOpenGLWidget
-    from scipy.ndimage import zoom
+    from qtpy.QtWidgets import QApplication
 
-    viewer = napari.Viewer(show=True)
-    (image,) = viewer.open_sample("napari-wsol", "cmu_small_region")
-    viewer.window.resize(1600, 1000)
-    QApplication.processEvents()
-    viewer.reset_view()
-    canvases = [
-        canvas
-        for window in QApplication.topLevelWidgets()
-        for canvas in window.findChildren(QOpenGLWidget)
-    ]
-    h, w = image.data[0].shape[:2]
-    rng = np.random.default_rng(0)
-    smooth = zoom(rng.random((h // 256 + 1, w // 256 + 1)).astype(np.float32), 32, order=1)
-    scale = (h / smooth.shape[0], w / smooth.shape[1])
-    for i in range(4):
-        viewer.add_image(
-            smooth,
-            name=f"map {i}",
-            colormap="inferno",
-            opacity=0.7,
-            contrast_limits=(0, 1),
-            blending="translucent",
-            scale=scale,
-        )
-    for i in range(3):
-        viewer.add_labels((smooth > 0.5).astype(np.uint8), name=f"labels {i}", scale=scale)
+    viewer, image = slide_viewer()
+    frame_scene(viewer, image)
+    shown = canvases()
 
     def frame_ms() -> float:
         for _ in range(5):
             QApplication.processEvents()
-        return statistics.median(redraw_ms(canvases))
+        return statistics.median(redraw_ms(shown))
 
     frames: dict[str, list[float]] = {
         "idle": [],

@@ -62,3 +62,65 @@ def redraw_ms(canvases: list, repeats: int = 15) -> list[float]:
         QApplication.processEvents()
         times.append((time.perf_counter() - t0) * 1000)
     return times
+
+
+def slide_viewer():
+    """A shown 1600 x 1000 viewer with the sample slide in view; returns it and the
+    slide's layer."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(show=True)
+    (image,) = viewer.open_sample("napari-wsol", "cmu_small_region")
+    viewer.window.resize(1600, 1000)
+    QApplication.processEvents()
+    viewer.reset_view()
+    return viewer, image
+
+
+def sample_slide_viewer():
+    """:func:`slide_viewer` with the WSOL widget docked, settled; returns the viewer and
+    the slide's grid at 2 level-0 px per pixel, where the app puts its pseudo-labels."""
+    viewer, image = slide_viewer()
+    viewer.window.add_plugin_dock_widget("napari-wsol", "WSOL")
+    pump(0.5)
+    return viewer, {"scale": (2, 2), "translate": (0.5, 0.5), "units": image.units}
+
+
+def canvases() -> list:
+    """The OpenGL canvases of every open window."""
+    from qtpy.QtWidgets import QApplication, QOpenGLWidget
+
+    return [
+        canvas
+        for window in QApplication.topLevelWidgets()
+        for canvas in window.findChildren(QOpenGLWidget)
+    ]
+
+
+def frame_scene(viewer, image) -> tuple[list, list, np.ndarray]:
+    """Over ``image``'s whole extent, four map-like overlays (float32, translucent, from
+    one smooth random map) and three Labels layers; returns them and the map."""
+    from scipy.ndimage import zoom
+
+    h, w = image.data[0].shape[:2] if image.multiscale else image.data.shape[:2]
+    rng = np.random.default_rng(0)
+    smooth = zoom(rng.random((h // 256 + 1, w // 256 + 1)).astype(np.float32), 32, order=1)
+    scale = (h / smooth.shape[0], w / smooth.shape[1])
+    overlays = [
+        viewer.add_image(
+            smooth,
+            name=f"map {i}",
+            colormap="inferno",
+            opacity=0.7,
+            contrast_limits=(0, 1),
+            blending="translucent",
+            scale=scale,
+        )
+        for i in range(4)
+    ]
+    labels = [
+        viewer.add_labels((smooth > 0.5).astype(np.uint8), name=f"labels {i}", scale=scale)
+        for i in range(3)
+    ]
+    return overlays, labels, smooth

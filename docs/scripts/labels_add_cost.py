@@ -18,31 +18,20 @@ import argparse
 import statistics
 import time
 
+from gui_timing import pump, sample_slide_viewer
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--adds", type=int, default=12, help="adds of each kind")
     args = parser.parse_args()
 
-    import napari
     import numpy as np
     from napari.layers import Labels
-    from qtpy.QtWidgets import QApplication
 
     from napari_wsol import layers as L
 
-    def pump(seconds: float) -> None:
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            QApplication.processEvents()
-            time.sleep(0.01)
-
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(1600, 1000)
-    viewer.open_sample("napari-wsol", "cmu_small_region")
-    viewer.window.add_plugin_dock_widget("napari-wsol", "WSOL")
-    pump(0.5)
-    grid = {"scale": (2, 2), "translate": (0.5, 0.5), "units": viewer.layers[0].units}
+    viewer, grid = sample_slide_viewer()
     colormap = L.label_colormap(L.PSEUDO_COLORS)
     rng = np.random.default_rng(0)
     times: dict[str, list[float]] = {"app": [], "napari": []}
