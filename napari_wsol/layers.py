@@ -8,6 +8,8 @@ scale ``s * px`` and a half-pixel shift, because napari places pixel *centres* a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,6 +91,31 @@ def defer_tool_overlays(layer) -> None:
             continue
         overlay.visible = False
         overlay.events.enabled.connect(_show_when_enabled(overlay))
+
+
+@contextmanager
+def keeping_active_layer(layers) -> Iterator[None]:
+    """Layers appended inside this block do not become napari's active layer.
+
+    The app adds its layers when a job ends: a map run's overlays, a threshold mask, a
+    session's layers. They should not take the selection, and with it the layer
+    controls, from the layer the user is working on (napari/napari#5767 asks the same
+    for a plugin's annotation layer). napari makes every inserted layer the active one
+    unless its layer list's private ``_activate_on_insert`` is off; switching the
+    active layer is also 10-20 ms of each add here (layer_cost.py --no-select in
+    docs/scripts). The flag is set on the list itself: napari hands plugins a proxy
+    that warns on private names and means to refuse them. Where a napari version
+    lacks the flag, nothing changes.
+    """
+    target = getattr(layers, "__wrapped__", layers)
+    if not hasattr(target, "_activate_on_insert"):
+        yield
+        return
+    before, target._activate_on_insert = target._activate_on_insert, False
+    try:
+        yield
+    finally:
+        target._activate_on_insert = before
 
 
 def _show_when_enabled(overlay):

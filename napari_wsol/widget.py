@@ -833,7 +833,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self._add_layer(overlay)
 
     def _add_layer(self, layer, then=None) -> None:
-        """Add a made layer to the viewer, then call ``then(layer)``.
+        """Add a made layer to the viewer, then call ``then(layer)`` on a turn of its own.
 
         From a queued step (:meth:`_later`) the adding gets a turn of its own, the next
         one: making a layer reads its data and thumbnail (10-20 ms), adding it is
@@ -860,16 +860,17 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         # Added hidden, napari does not slice it inside the add; shown on the next turn.
         shown, layer.visible = layer.visible, False
         try:
-            self.viewer.layers.append(layer)
+            with L.keeping_active_layer(self.viewer.layers):
+                self.viewer.layers.append(layer)
+            if then is not None:  # e.g. making the layer active: 10-20 ms of napari's
+                self._later(then, layer, first=True)
         finally:
             # Queued to the front, so they run in the opposite order: show the layer,
-            # repaint the window, then draw the canvases (queued above).
+            # repaint the window, ``then``, and draw the canvases (queued above).
             if window_paused:
                 self._later(self._resume_window, first=True)
             if shown:
                 self._later(setattr, layer, "visible", True, first=True)
-        if then is not None:
-            then(layer)
 
     def _pause_canvases(self) -> None:
         """Hold the canvases' next frame until the next turn.

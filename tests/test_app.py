@@ -235,6 +235,21 @@ def _labels_of(viewer, widget, qtbot):
     return viewer.layers["pseudo-labels"], viewer.layers["corrections"]
 
 
+def test_a_jobs_new_layers_leave_the_active_layer_to_the_user(app, qtbot) -> None:
+    """Overlays and masks appear without taking the selection, and with it the layer
+    controls, from the layer in use; the corrections layer becomes active to paint."""
+    viewer, widget, image = app
+    assert viewer.layers.selection.active is image  # four overlays were added since
+    cam = viewer.layers["cam"]
+    viewer.layers.selection.active = cam
+    widget.thr_method.value = "fcam"
+    widget.threshold.value = 0.6
+    _mask_made(qtbot, viewer, widget)
+    assert viewer.layers.selection.active is cam
+    _, corrections = _labels_of(viewer, widget, qtbot)
+    assert viewer.layers.selection.active is corrections
+
+
 def test_pseudo_labels_paint_flip_undo_are_saved_as_made(app, qtbot) -> None:
     viewer, widget, _ = app
     pseudo, corrections = _labels_of(viewer, widget, qtbot)
