@@ -57,7 +57,7 @@ class ThresholdsMixin:
             if len(views) == len(levels) and all(
                 v.level is m for v, m in zip(views, levels, strict=True)
             ):
-                layer.refresh()  # its views read levels that took the new map
+                L.refresh_in_place(layer)  # its views read levels that took the new map
             else:
                 layer.data = L.layer_data(self._threshold_views(method))[0]
         return layer
@@ -136,7 +136,7 @@ class ThresholdsMixin:
         data = layer.data if layer.multiscale else [layer.data]
         for view in data:
             view.threshold = t
-        layer.refresh()
+        L.refresh_in_place(layer)
         self._update_area()
         self._save_timer.start()
 

@@ -118,6 +118,23 @@ def keeping_active_layer(layers) -> Iterator[None]:
         target._activate_on_insert = before
 
 
+def refresh_in_place(layer) -> None:
+    """Refresh a layer whose arrays changed values in place (same objects, new map).
+
+    The app streams maps into the level objects a layer already shows and points them
+    at a new run's maps (:func:`take_levels`); replacing ``data`` instead would make
+    napari draw twice. napari 0.9 keeps the coarsest level of a 2D multiscale layer in
+    memory for the thumbnail until ``data`` is replaced, so without a reset the
+    layer list would keep showing the first, still empty, map. The reset is napari's
+    own (private) method, on the layer behind a plugin's proxy; a version without it
+    keeps no such copy.
+    """
+    reset = getattr(getattr(layer, "__wrapped__", layer), "_reset_thumbnail_level_data", None)
+    if reset is not None:
+        reset()
+    layer.refresh()
+
+
 def _show_when_enabled(overlay):
     def show(*_) -> None:
         if overlay.enabled:

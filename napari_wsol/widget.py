@@ -754,7 +754,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         if methods:
             self._refresh_turn = (self._refresh_turn + 1) % len(methods)
             self._pause_canvases()
-            self.viewer.layers[methods[self._refresh_turn]].refresh()
+            L.refresh_in_place(self.viewer.layers[methods[self._refresh_turn]])
 
     def _run_done(self, payload) -> None:
         result, levels = payload
@@ -816,7 +816,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
                 overlay.data = data
             else:
                 self.levels[method] = kept
-                overlay.refresh()
+                L.refresh_in_place(overlay)
             L.place(overlay, grid)
             return
         overlay = Image(

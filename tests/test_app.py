@@ -691,6 +691,29 @@ def test_a_first_run_makes_its_overlays_before_any_tile_and_the_window_draws_aga
     assert canvases and all(c.updatesEnabled() for c in canvases)
 
 
+def test_overlay_thumbnails_show_the_finished_maps(viewer, qtbot) -> None:
+    """The overlays exist before any tile is computed and their maps fill in place;
+    the layer list must show the finished map, as a layer made from it would."""
+    viewer.open_sample("napari-wsol", "cmu_small_region")
+    widget = _dock(viewer)
+    viewer.reset_view()
+    widget.methods.value = ["cam"]
+    widget.run()
+    _wait(qtbot, widget)
+    qtbot.waitUntil(lambda: not widget._turns, timeout=5000)
+    cam = viewer.layers["cam"]
+    assert cam.multiscale
+    made = viewer.add_image(
+        [np.asarray(level) for level in cam.data],
+        multiscale=True,
+        colormap=cam.colormap,
+        contrast_limits=cam.contrast_limits,
+        opacity=cam.opacity,
+    )
+    assert made.thumbnail[..., :3].max() > 0
+    np.testing.assert_array_equal(cam.thumbnail, made.thumbnail)
+
+
 def test_demo_opens_napari_and_computes_the_view(display, tmp_path: Path) -> None:
     env = dict(os.environ, WSOL_SESSIONS=str(tmp_path))
     start = time.perf_counter()
