@@ -107,7 +107,7 @@ def keeping_active_layer(layers) -> Iterator[None]:
     that warns on private names and means to refuse them. Where a napari version
     lacks the flag, nothing changes.
     """
-    target = getattr(layers, "__wrapped__", layers)
+    target = _unproxied(layers)
     if not hasattr(target, "_activate_on_insert"):
         yield
         return
@@ -129,10 +129,16 @@ def refresh_in_place(layer) -> None:
     own (private) method, on the layer behind a plugin's proxy; a version without it
     keeps no such copy.
     """
-    reset = getattr(getattr(layer, "__wrapped__", layer), "_reset_thumbnail_level_data", None)
+    reset = getattr(_unproxied(layer), "_reset_thumbnail_level_data", None)
     if reset is not None:
         reset()
     layer.refresh()
+
+
+def _unproxied(obj):
+    # napari hands plugin widgets its objects behind a PublicOnlyProxy (a wrapt proxy),
+    # which warns on private names; the helpers above use them on the object itself.
+    return getattr(obj, "__wrapped__", obj)
 
 
 def _show_when_enabled(overlay):
