@@ -77,6 +77,13 @@ def _label(text: str) -> Label:
     return label
 
 
+def _show_every_row(select: Select) -> None:
+    """Size a multiple-choice list to its rows: none is chosen out of sight below a
+    scroll bar, and a short list leaves no empty box."""
+    rows = select.native
+    rows.setFixedHeight(rows.sizeHintForRow(0) * rows.count() + 2 * rows.frameWidth())
+
+
 def _warm_labels() -> None:
     """Pay napari's one-off imports for Labels layers now, with the widget's start-up.
 
@@ -188,7 +195,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self.methods = Select(
             label="methods", choices=list(METHODS), value=["cam", "gradcampp", "fcam", "pixelcam"]
         )
-        self.methods.native.setMaximumHeight(120)
+        _show_every_row(self.methods)
         self.target = ComboBox(label="explain class", choices=[])
         self.scope = RadioButtons(label="scope", choices=SCOPES, value=SCOPES[0])
         self.dense_crf = CheckBox(
@@ -236,7 +243,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self.thr_method = ComboBox(label="map", choices=[])
         self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.01, value=0.5)
         self.otsu_button = PushButton(text="Otsu")
-        self.area = _label("")
+        self.area = _label("Compute maps (Inspect tab) to threshold one here.")
         threshold = Container(
             widgets=[self.thr_method, self.threshold, self.otsu_button, self.area]
         )
@@ -269,6 +276,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
 
         tune = self.session.state.fine_tune
         self.heads = Select(label="heads", choices=["fcam", "pixelcam"], value=tune["heads"])
+        _show_every_row(self.heads)
         self.steps = SpinBox(label="steps", min=1, max=1000, value=tune["steps"])
         self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1e-1, step=1e-4)
         # Decimals first: the spin box rounds its value to them (1.5e-4 became 1e-4).
@@ -331,6 +339,9 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
             scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
             scroll.setWidget(container.native)
             self.tabs.addTab(scroll, name)
+            # Controls keep their natural height and stack at the top of the tab; Qt
+            # otherwise shares the tab's spare height out and spreads them apart.
+            container.native.layout().addStretch(1)
         # Let every control shrink to the dock's width (texts wrap, fields narrow)
         # instead of being cut off at the dock's edge.
         for control in [c for _, container in tabs for c in container] + [self.status]:
@@ -338,6 +349,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
             native.setMinimumWidth(0)
             policy = native.sizePolicy()
             policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
+            policy.setVerticalPolicy(QSizePolicy.Policy.Maximum)
             native.setSizePolicy(policy)
         layout = QVBoxLayout()
         layout.addWidget(self.tabs)

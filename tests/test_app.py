@@ -294,6 +294,27 @@ def test_train_tab_starts_from_the_measured_fine_tune_defaults(viewer) -> None:
     assert list(widget.heads.value) == tune["heads"]
 
 
+def test_each_tab_stacks_its_controls_and_lists_every_method(viewer) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    widget = _dock(viewer)
+    for index in range(widget.tabs.count()):
+        widget.tabs.setCurrentIndex(index)
+        QApplication.processEvents()
+        rows = [
+            c
+            for c in widget.tabs.currentWidget().widget().children()
+            if getattr(c, "isWidgetType", bool)() and c.isVisible()
+        ]
+        # Qt shares a tab's spare height out between its rows unless told not to: the
+        # Threshold tab's slider row was 190 px tall, its controls far apart.
+        stretched = [r.height() - r.sizeHint().height() for r in rows]
+        assert max(stretched) <= 2, (widget.tabs.tabText(index), stretched)
+    for select in (widget.methods, widget.heads):
+        rows = select.native
+        assert rows.viewport().height() >= rows.sizeHintForRow(0) * rows.count()
+
+
 def test_fine_tune_adds_a_version_refreshes_overlays_and_reverts(app, qtbot) -> None:
     viewer, widget, _ = app
     _, corrections = _labels_of(viewer, widget, qtbot)
