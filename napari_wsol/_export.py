@@ -5,6 +5,7 @@ A mixin of :class:`napari_wsol.widget.WSOLWidget`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from qtpy.QtWidgets import QFileDialog
@@ -20,9 +21,29 @@ from wsol.session import Session
 
 class ExportSessionMixin:
     # ================================================================ export
+    _last_export_folder: Path | None = None
+
     def _ask_save_path(self, default: Path, filters: str) -> Path | None:
         path, _ = QFileDialog.getSaveFileName(self, "Export", str(default), filters)
-        return Path(path) if path else None
+        if not path:
+            return None
+        self._last_export_folder = Path(path).parent
+        return Path(path)
+
+    def _export_folder(self) -> Path:
+        """Where an export dialog opens: the folder of the last export, else the slide's
+        own folder where the user may write (not the bundled samples), else home."""
+        from wsol.samples import sample_dir
+
+        if self._last_export_folder is not None:
+            return self._last_export_folder
+        layer = self.image.value
+        path = layer.metadata.get(SLIDE_KEY) if layer is not None else None
+        if path:
+            folder = Path(path).resolve().parent
+            if folder != sample_dir().resolve() and os.access(folder, os.W_OK):
+                return folder
+        return Path.home()
 
     def _ask_folder(self, title: str) -> Path | None:
         path = QFileDialog.getExistingDirectory(self, title, str(self.session.folder.parent))
@@ -67,7 +88,7 @@ class ExportSessionMixin:
             ),
         }
         name, filters = defaults[what]
-        path = path or self._ask_save_path(self.session.folder.parent / name, filters)
+        path = path or self._ask_save_path(self._export_folder() / name, filters)
         if path is None:
             return None
         store, target_name = self.store, self.target.value

@@ -463,13 +463,47 @@ def test_exports_write_every_format(app, qtbot, tmp_path: Path) -> None:
     from wsol.checkpoint import load_model
 
     assert load_model(ckpt).config.backbone == "resnet10t"
-    # default names come from the slide and the map
-    captured = {}
-    widget._ask_save_path = lambda default, filters: captured.setdefault("p", default)
-    widget.export("mask")
-    _wait(qtbot, widget)
-    assert captured["p"].name == "he_tile_fcam_mask.ome.tif"
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_export_dialogs_open_beside_the_slide_then_where_the_last_export_went(
+    app, qtbot, tmp_path: Path, monkeypatch
+) -> None:
+    from qtpy.QtWidgets import QFileDialog
+
+    viewer, widget, sample = app
+    widget.thr_method.value = "fcam"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    offered, answers = [], []
+
+    def dialog(parent, title, default, filters):
+        offered.append(Path(default))
+        return answers.pop(0), filters
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", dialog)
+    answers.append("")  # the user cancels: nothing is written
+    assert widget.export("mask") is None
+    # The bundled sample's folder is the installation's: home instead. The name comes
+    # from the slide and the map.
+    assert offered[-1] == tmp_path / "home" / "he_tile_fcam_mask.ome.tif"
+
+    (tmp_path / "slides").mkdir()
+    copy = tmp_path / "slides" / "case 7.png"
+    copy.write_bytes(sample_path("he_tile").read_bytes())
+    (own,) = viewer.open(str(copy), plugin="napari-wsol")
+    widget.image.value = own
+    answers.append("")
+    widget.export("geojson")
+    assert offered[-1] == tmp_path / "slides" / "case 7_fcam.geojson"
+
+    widget.image.value = sample
+    answers.append(str(tmp_path / "out" / "chosen.ome.tif"))
+    (tmp_path / "out").mkdir()
+    assert widget.export("heatmap") == tmp_path / "out" / "chosen.ome.tif"
+    _wait(qtbot, widget)
+    answers.append("")
+    widget.export("mask")
+    assert offered[-1] == tmp_path / "out" / "he_tile_fcam_mask.ome.tif"
 
 
 def test_session_round_trip_reproduces_the_layers(
