@@ -14,6 +14,16 @@ from napari_wsol.views import DifferenceView, ThresholdView
 from wsol.region import Region
 
 
+def area_text(area: float, mpp: float | None) -> str:
+    """An area as a pathologist reads it: µm² up to 0.1 mm², mm² above; pixels² for
+    an image without a pixel size. ``area`` is in µm² (or px² without ``mpp``)."""
+    if not mpp:
+        return f"{area:,.0f} px²"
+    if area < 1e5:
+        return f"{area:,.0f} µm²"
+    return f"{area / 1e6:,.3g} mm²" if area < 1e8 else f"{area / 1e6:,.0f} mm²"
+
+
 class ThresholdsMixin:
     # ================================================================ disagreement
     def show_disagreement(self) -> None:
@@ -158,9 +168,7 @@ class ThresholdsMixin:
         positive = (values >= t) & inside
         px_area = scale**2
         mpp = self.store.mpp
-        area = positive.sum() * px_area * (mpp**2 if mpp else 1)
-        unit = "mm²" if mpp else "px²"
-        shown = area / 1e6 if mpp else area
+        area = float(positive.sum() * px_area * (mpp**2 if mpp else 1))
         tissue = self._tissue_on(values.shape, scale)
         if tissue is not None:
             reference = (tissue & inside).sum()
@@ -171,7 +179,7 @@ class ThresholdsMixin:
         percent = (
             100.0 * (positive & (tissue if tissue is not None else True)).sum() / max(reference, 1)
         )
-        self.area.value = f"{method} >= {t:.2f}: {shown:.4g} {unit}, {percent:.1f}% {what}"
+        self.area.value = f"{method} >= {t:.2f}: {area_text(area, mpp)}, {percent:.1f}% {what}"
 
     def _scope_mask(self, shape: tuple[int, int], scale: float) -> np.ndarray:
         inside = np.zeros(shape, bool)

@@ -167,6 +167,21 @@ def test_the_first_slider_move_makes_the_mask_on_later_turns_at_the_latest_value
     assert widget.session.state.thresholds["fcam"] == pytest.approx(0.7)
 
 
+@pytest.mark.parametrize(
+    ("area", "mpp", "text"),
+    [
+        (11_620.4, 0.5, "11,620 µm²"),
+        (2.345e6, 0.5, "2.35 mm²"),
+        (3.2e9, 0.25, "3,200 mm²"),
+        (66_500, None, "66,500 px²"),
+    ],
+)
+def test_areas_read_in_the_unit_a_pathologist_uses(area, mpp, text) -> None:
+    from napari_wsol._thresholds import area_text
+
+    assert area_text(area, mpp) == text
+
+
 def test_disagreement_layer_is_the_absolute_difference(app) -> None:
     viewer, widget, _ = app
     widget.diff_a.value, widget.diff_b.value = "fcam", "cam"
@@ -208,7 +223,10 @@ def test_threshold_slider_and_otsu_update_the_mask_and_area(app, qtbot) -> None:
     high = np.asarray(mask.data[0] if mask.multiscale else mask.data)
     np.testing.assert_array_equal(high, heat >= 0.8)
     assert high.sum() <= low.sum() and widget.area.value != area_low
-    assert "mm²" in widget.area.value and "%" in widget.area.value
+    # The sample tile's mask is well under 0.1 mm²: µm², as many as the mask shows.
+    shown = widget.area.value.split(": ")[1].split(" µm²")[0]
+    mpp = widget.store.mpp * widget.store.scale(0)
+    assert float(shown.replace(",", "")) == pytest.approx(high.sum() * mpp**2, rel=0.05)
     widget.otsu()
     assert 0.0 < widget.threshold.value < 1.0
     assert widget.session.state.thresholds["fcam"] == pytest.approx(widget.threshold.value)
