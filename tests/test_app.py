@@ -268,6 +268,19 @@ def test_a_jobs_new_layers_leave_the_active_layer_to_the_user(app, qtbot) -> Non
     assert viewer.layers.selection.active is corrections
 
 
+def test_pseudo_labels_reach_the_edges_of_an_image_in_view(app, qtbot) -> None:
+    """The 512 px tile is 255.5 px at the model's 1 µm/px, not whole 32 px cells of its
+    grid: the labels still cover all of it (they stopped 32 px short of two edges)."""
+    viewer, widget, image = app
+    viewer.camera.zoom *= 0.5  # all of the tile in view, with room around it
+    pseudo, corrections = _labels_of(viewer, widget, qtbot)
+    pixel = pseudo.scale[0]  # one label pixel, in the image's world units
+    for layer in (pseudo, corrections):
+        covered = layer.extent.world
+        np.testing.assert_allclose(covered, image.extent.world, atol=pixel)
+    assert (pseudo.data != 0).any(axis=1)[-1] and (pseudo.data != 0).any(axis=0)[-1]
+
+
 def test_pseudo_labels_paint_flip_undo_are_saved_as_made(app, qtbot) -> None:
     viewer, widget, _ = app
     pseudo, corrections = _labels_of(viewer, widget, qtbot)

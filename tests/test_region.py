@@ -35,8 +35,27 @@ def test_clip_region_clips_and_snaps_to_the_encoder_grid() -> None:
     region = clip_region(slide, -10, 450, 100, 100, downsample=2.0, multiple=32)
     assert (region.y, region.x) == (0, 436) and region.x + region.w <= 500
     assert region.shape == (64, 32)  # 110 x 50 level-0 px -> whole 32-px cells at 2x
+    # A slide shorter than whole cells: the region spans it, to the edge.
+    whole = clip_region(slide, 0, 0, 300, 500, downsample=2.0, multiple=32)
+    assert whole.box == (0, 0, 300, 500) and whole.shape == (150, 250)
     with pytest.raises(InputError, match="outside the slide"):
         clip_region(slide, 400, 0, 10, 10)
+
+
+def test_a_region_off_the_grid_is_mirrored_onto_it_and_its_labels_left_unpainted() -> None:
+    from wsol.model import create_model
+    from wsol.region import pad_to_grid
+
+    model = create_model("resnet18", num_classes=2)
+    rgb = np.arange(150 * 250 * 3, dtype=np.uint32).reshape(150, 250, 3).astype(np.uint8)
+    padded = pad_to_grid(model, rgb)
+    assert padded.shape == (160, 256, 3)
+    np.testing.assert_array_equal(padded[:150, :250], rgb)
+    np.testing.assert_array_equal(padded[150:, :250], rgb[148:138:-1])  # mirrored rows
+    labels = np.full((150, 250), 2, np.uint8)
+    assert (pad_to_grid(model, labels, fill=0)[150:] == 0).all()
+    assert pad_to_grid(model, padded) is padded  # already on the grid
+    assert pad_to_grid(model, rgb[:20, :20]).shape == (32, 32, 3)  # shorter than its pad
 
 
 def test_check_editable_names_the_size() -> None:

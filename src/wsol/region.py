@@ -89,6 +89,9 @@ def clip_region(
 
     With ``multiple``, the box grows (inside the slide where it can) so that its size
     at the analysis resolution is a multiple of it, e.g. the encoder's output stride.
+    Where the slide is too short for that, the box spans the slide's whole side: the
+    model calls here pad such a region (:func:`pad_to_grid`), and the user can label
+    up to the slide's edge.
     """
     H, W = slide.shape
     y0, x0 = max(0, int(np.floor(y))), max(0, int(np.floor(x)))
@@ -102,8 +105,6 @@ def clip_region(
         size = end - start
         if multiple > 1:
             cells = max(1, int(np.ceil(size / downsample / multiple)))
-            if cells * multiple * downsample > limit:
-                cells = max(1, int(limit / downsample // multiple))
             size = min(limit, round(cells * multiple * downsample))
             start = min(start, limit - size)
         starts.append(start)
@@ -152,6 +153,26 @@ def check_editable(region: Region) -> Region:
     return region
 
 
+def pad_to_grid(model: WSOLModel, array: np.ndarray, fill: int | None = None) -> np.ndarray:
+    """``array`` (``[H, W, ...]``) grown at the bottom and right to whole cells of the
+    encoder's coarsest grid, mirrored (or ``fill``-ed: e.g. labels left unpainted).
+
+    The encoder's feature maps then line up with the pixels, as the ``heads`` stage's
+    windows and the maps' upsampling assume; a region that spans a slide's side up to
+    its edge is not such a multiple (:func:`clip_region`).
+    """
+    grid = max(model.feature_reductions)
+    h, w = array.shape[:2]
+    pad = [(0, -h % grid), (0, -w % grid)] + [(0, 0)] * (array.ndim - 2)
+    if not (pad[0][1] or pad[1][1]):
+        return array
+    if fill is not None:
+        return np.pad(array, pad, constant_values=fill)
+    # Mirror what is there; a side shorter than its padding repeats its edge instead.
+    mode = "reflect" if pad[0][1] < h and pad[1][1] < w else "edge"
+    return np.pad(array, pad, mode=mode)
+
+
 def _as_batch(model: WSOLModel, rgb: np.ndarray) -> torch.Tensor:
     image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
     return model.normalize(image.to(model.device))
@@ -164,8 +185,9 @@ def seed_map(model: WSOLModel, rgb: np.ndarray, method: str, target: int) -> tor
     pseudo-labels the user sees are the ones the fine-tuning samples from.
     """
     model.eval()
-    result = compute_many(model, _as_batch(model, rgb), [method], [target])
-    return result.maps[method][0].detach().float().cpu()
+    h, w = rgb.shape[:2]
+    result = compute_many(model, _as_batch(model, pad_to_grid(model, rgb)), [method], [target])
+    return result.maps[method][0, :h, :w].detach().float().cpu()
 
 
 def pseudo_labels(map_: torch.Tensor, bg_fraction: float = 0.5, erode: int = 0) -> np.ndarray:
@@ -224,13 +246,14 @@ def fine_tune(
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise InputError(f"region pixels must be [H, W, 3], got {rgb.shape}")
     check_editable(Region(0, 0, *rgb.shape[:2]))
-    image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+    image = torch.from_numpy(np.ascontiguousarray(pad_to_grid(model, rgb))).permute(2, 0, 1)[None]
     painted = None
     if corrections is not None:
         if corrections.shape != rgb.shape[:2]:
             raise InputError(
                 f"corrections {corrections.shape} do not match the region {rgb.shape[:2]}"
             )
+        corrections = pad_to_grid(model, corrections, fill=NONE)
         painted = torch.from_numpy(corrections.astype(np.int64))[None] - 1
         painted[painted < 0] = IGNORE
     if guide and (painted is None or not (painted != IGNORE).any()):
