@@ -60,13 +60,15 @@ def main() -> None:
     parser.add_argument("--json")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--job-niceness", type=int, help="nice value of the jobs' threads (default: the app's)"
+        "--job-niceness",
+        type=int,
+        help="run the jobs' threads at this nice value instead of the app's SCHED_IDLE",
     )
     args = parser.parse_args()
     if args.job_niceness is not None:
         from napari_wsol import jobs
 
-        jobs.JOB_NICENESS = args.job_niceness  # 0: the jobs compete with the GUI as equals
+        jobs.JOB_PRIORITY = args.job_niceness  # 0: the jobs compete with the GUI as equals
     os.environ.setdefault("WSOL_SESSIONS", tempfile.mkdtemp(prefix="wsol-latency-"))
 
     import napari
