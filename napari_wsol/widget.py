@@ -697,6 +697,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self.session.state.slide = layer.metadata.get(SLIDE_KEY)
         self.session.state.slide_mpp = slide.mpp
         self.session.state.run_region = None if restrict is None else restrict.to_dict()
+        self._scale_note = self._pixel_size_note(slide)
         path = self.session.store_path()
         target_name = self.target.value
         refine = DenseCRFParams() if self.dense_crf.value else None
@@ -774,10 +775,29 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self._show_scores()
         n = result.tiles_run
         what = "Cancelled" if result.cancelled else "Done"
-        self.status.value = f"{what}: {n} tiles in {result.seconds:.1f} s" + (
-            f" ({result.tiles_total} in scope)" if result.cancelled else ""
+        self.status.value = (
+            f"{what}: {n} tiles in {result.seconds:.1f} s"
+            + (f" ({result.tiles_total} in scope)" if result.cancelled else "")
+            + self._scale_note
         )
         self._save_session()
+
+    def _pixel_size_note(self, slide) -> str:
+        """A warning for the status line when the image records no pixel size but the
+        model was trained at one: the maps then assume the model's scale."""
+        from wsol.checkpoint import read_config
+
+        try:
+            path = self._current_model_path()
+            model_mpp = read_config(path).mpp if path else None
+        except InputError:  # the run reports a bad checkpoint itself
+            return ""
+        if slide.mpp or not model_mpp:
+            return ""
+        return (
+            f"\nThe image records no pixel size: each of its pixels was read as "
+            f"{model_mpp:g} µm, the model's scale. At another scale the maps are unreliable."
+        )
 
     def _open_store(
         self,

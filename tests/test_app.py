@@ -145,6 +145,19 @@ def test_run_shows_aligned_overlays_scores_and_the_sample_model(app) -> None:
         assert 0 <= data.min() and data.max() <= 1 and data.max() > 0
     assert "normal" in widget.scores.value and "lesion" in widget.scores.value
     assert list(widget.target.choices) == ["normal", "lesion"]
+    assert "pixel size" not in widget.status.value  # the tile records 0.499 µm/px
+
+
+def test_a_run_on_an_image_without_a_pixel_size_says_what_scale_it_assumed(viewer, qtbot) -> None:
+    viewer.open_sample("napari-wsol", "chelsea")
+    widget = _dock(viewer)
+    widget.scope.value = "whole slide"
+    widget.methods.value = ["cam"]
+    widget.run()
+    _wait(qtbot, widget)
+    assert widget.status.value.startswith("Done")
+    assert "records no pixel size" in widget.status.value
+    assert "1 µm, the model's scale" in widget.status.value  # the sample model's mpp
 
 
 def test_the_first_slider_move_makes_the_mask_on_later_turns_at_the_latest_value(
