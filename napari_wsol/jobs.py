@@ -79,8 +79,8 @@ def yield_to_the_gui() -> None:
     While a job computes, the GUI thread and the OpenGL renderer's threads compete with
     it for the cores, and a canvas frame drawn in software beside it took longer. Under
     SCHED_IDLE the job gets only the CPU time that no normal thread wants: the longest
-    stall of a fine-tuning round fell from 93 to 78 ms (median of 27 rounds against nice
-    10, docs/BENCHMARKS.md, issue 5), and the rounds took no longer. The threads the
+    stall of a fine-tuning round was 84 ms against 89.5 at nice 10 (medians of 36 rounds,
+    docs/BENCHMARKS.md, issue 5), and the rounds took no longer. The threads the
     call starts (torch's OpenMP team, zarr's I/O pool) inherit the policy. With the GUI
     idle the job still gets every core; beside another busy program it gets little.
     """
