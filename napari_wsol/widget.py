@@ -774,12 +774,15 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self._open_store(result.store, self._run_layer, levels, spread=True)
         self._show_scores()
         n = result.tiles_run
-        what = "Cancelled" if result.cancelled else "Done"
-        self.status.value = (
-            f"{what}: {n} tiles in {result.seconds:.1f} s"
-            + (f" ({result.tiles_total} in scope)" if result.cancelled else "")
-            + self._scale_note
-        )
+        if result.cancelled:
+            done = f"Cancelled: {n} tiles in {result.seconds:.1f} s ({result.tiles_total} in scope)"
+        elif n == 0:
+            # A version's maps are kept: picking it again, or a scope already computed,
+            # shows them without computing a tile.
+            done = f"Done: the stored maps of all {result.tiles_total} tiles, none recomputed"
+        else:
+            done = f"Done: {n} tiles in {result.seconds:.1f} s"
+        self.status.value = done + self._scale_note
         self._save_session()
 
     def _pixel_size_note(self, slide) -> str:

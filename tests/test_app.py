@@ -402,6 +402,8 @@ def test_fine_tune_adds_a_version_refreshes_overlays_and_reverts(app, qtbot) -> 
         else viewer.layers["fcam"].data
     )
     np.testing.assert_allclose(reverted, fcam_before, atol=2e-3)
+    # shown from the version's stored maps, and the status says so ("0 tiles in 0.0 s")
+    assert widget.status.value.startswith("Done: the stored maps of all"), widget.status.value
 
 
 def test_guided_fine_tune_trains_the_encoder_and_changes_the_cam(app, qtbot) -> None:
