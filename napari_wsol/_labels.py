@@ -39,10 +39,7 @@ class LabelsMixin:
         return check_editable(region)
 
     def _analysis_downsample(self, slide) -> float:
-        from wsol.checkpoint import read_config
-
-        path = self._current_model_path()
-        return analysis_downsample(slide, read_config(path).mpp if path else None)
+        return analysis_downsample(slide, self._model_mpp())
 
     def make_pseudo_labels(self) -> None:
         """Pseudo-labels of the view (or drawn region) at the model's resolution."""

@@ -785,14 +785,18 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self.status.value = done + self._scale_note
         self._save_session()
 
+    def _model_mpp(self) -> float | None:
+        """The current model's training µm/px (None: unknown); InputError for a bad file."""
+        from wsol.checkpoint import read_config
+
+        path = self._current_model_path()
+        return read_config(path).mpp if path else None
+
     def _pixel_size_note(self, slide) -> str:
         """A warning for the status line when the image records no pixel size but the
         model was trained at one: the maps then assume the model's scale."""
-        from wsol.checkpoint import read_config
-
         try:
-            path = self._current_model_path()
-            model_mpp = read_config(path).mpp if path else None
+            model_mpp = self._model_mpp()
         except InputError:  # the run reports a bad checkpoint itself
             return ""
         if slide.mpp or not model_mpp:

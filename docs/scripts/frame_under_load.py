@@ -13,23 +13,20 @@ at nice 0, then under SCHED_IDLE (the app's jobs' policy since, napari_wsol.jobs
 
 from __future__ import annotations
 
-import os
 import statistics
 import threading
 import time
 
 from gui_timing import canvases, frame_scene, redraw_ms, slide_viewer
 
-IDLE = -1  # stands for SCHED_IDLE among the nice values
 
-
-def convolve_until(stop: threading.Event, niceness: int) -> None:
+def convolve_until(stop: threading.Event, priority: str | int) -> None:
     import torch
 
-    if niceness == IDLE:
-        os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
-    else:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    from napari_wsol import jobs
+
+    jobs.JOB_PRIORITY = priority  # "idle" (SCHED_IDLE) or a nice value
+    jobs.yield_to_the_gui()
     convs = torch.nn.Sequential(*[torch.nn.Conv2d(64, 64, 3, padding=1) for _ in range(4)])
     x = torch.randn(8, 64, 64, 64)
     with torch.no_grad():
@@ -49,24 +46,23 @@ def main() -> None:
             QApplication.processEvents()
         return statistics.median(redraw_ms(shown))
 
-    frames: dict[str, list[float]] = {
-        "idle": [],
-        "convolutions at nice 10": [],
-        "convolutions at nice 0": [],
-        "convolutions under SCHED_IDLE": [],
+    priorities: dict[str, str | int | None] = {
+        "idle": None,
+        "convolutions at nice 10": 10,
+        "convolutions at nice 0": 0,
+        "convolutions under SCHED_IDLE": "idle",
     }
+    frames: dict[str, list[float]] = {name: [] for name in priorities}
     for _ in range(3):
-        for name in frames:
+        for name, priority in priorities.items():
             stop = threading.Event()
-            if name != "idle":
-                last = name.rsplit(" ", 1)[1]
-                niceness = IDLE if last == "SCHED_IDLE" else int(last)
-                worker = threading.Thread(target=convolve_until, args=(stop, niceness))
+            if priority is not None:
+                worker = threading.Thread(target=convolve_until, args=(stop, priority))
                 worker.start()
                 time.sleep(1.0)
             frames[name].append(frame_ms())
             stop.set()
-            if name != "idle":
+            if priority is not None:
                 worker.join()
     for name, ms in frames.items():
         print(f"{name:30s} frame (ms): {[round(x, 1) for x in ms]}", flush=True)
