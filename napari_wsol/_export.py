@@ -188,10 +188,6 @@ class ExportSessionMixin:
                 except Exception as exc:
                     self.status.value = f"Error: cannot open the session's slide: {exc}"
                     return
-                if state.slide_mpp and not layer.metadata.get("mpp"):
-                    layer.metadata["mpp"] = state.slide_mpp
-                    layer.scale = (state.slide_mpp, state.slide_mpp)
-                    layer.units = ("um", "um")
         elif self.image.value is None:
             self.status.value = "Error: the session has no slide file; open its image first."
             return
@@ -199,6 +195,7 @@ class ExportSessionMixin:
         if layer is not None:
             self.image.value = layer
         layer = self._source()
+        self._restore_pixel_size(layer, state.slide_mpp)
         with self.checkpoint.changed.blocked():
             self.checkpoint.value = state.base_model or ""
         self._model, self._model_source = None, ()

@@ -41,11 +41,12 @@ class LabelsMixin:
     def _analysis_downsample(self, slide) -> float:
         return analysis_downsample(slide, self._model_mpp())
 
-    def make_pseudo_labels(self) -> None:
-        """Pseudo-labels of the view (or drawn region) at the model's resolution."""
+    def make_pseudo_labels(self, region: Region | None = None) -> None:
+        """Pseudo-labels of ``region``, by default the view (or drawn region), at the
+        model's resolution; the region's saved corrections come with them."""
         try:
             layer = self._source()
-            region = self._edit_region()
+            region = region or self._edit_region()
         except InputError as exc:
             self.status.value = str(exc)
             return
@@ -89,6 +90,7 @@ class LabelsMixin:
         self, layer, region, pseudo, corrections, rgb=None, spread: bool = False
     ) -> None:
         """Show pseudo-labels and corrections; with ``spread``, each layer on its own turn."""
+        self._edit_layer = layer
         place = L.Placement.of(layer)
         grid = place.grid(region.downsample, region.y, region.x)
         meta = {"slide_mpp": place.slide_mpp, "label_names": L.LABEL_NAMES}

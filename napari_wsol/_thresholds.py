@@ -31,26 +31,45 @@ class ThresholdsMixin:
         if self.store is None or a is None or b is None or a == b:
             self.status.value = "Compute two maps first, then choose two different ones."
             return
-        levels = [DifferenceView(x, y) for x, y in zip(self.levels[a], self.levels[b], strict=True)]
-        data, multiscale = L.layer_data(levels)
-        name = f"|{a} - {b}|"
-        place = L.Placement.of(self._source())
-        if name in self.viewer.layers:
-            self.viewer.layers[name].data = data
-        else:
-            layer = Image(
-                data,
-                multiscale=multiscale,
-                name=name,
-                colormap=L.overlay_colormap("magma"),
-                opacity=0.8,
-                contrast_limits=(0.0, 1.0),
-                metadata={"wsol_method": name, "slide_mpp": place.slide_mpp},
-                **place.grid(self.store.scale(0)),
-            )
-            self._append_layer(layer)
+        self._show_difference(a, b)
         self.session.state.disagreement = [a, b]
         self._save_session()
+
+    def _refresh_disagreement(self) -> None:
+        """The |A - B| layer after a run shows the new maps of A and B."""
+        a, b = self.session.state.disagreement
+        if self.store is not None and a in self.levels and b in self.levels:
+            self._show_difference(a, b)
+
+    def _show_difference(self, a: str, b: str) -> None:
+        name = f"|{a} - {b}|"
+        grid = self._overlay_place.grid(self.store.scale(0))
+        pairs = list(zip(self.levels[a], self.levels[b], strict=True))
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            views = L.shown_levels(layer)
+            self._pause_canvases()
+            if len(views) == len(pairs) and all(
+                v.a is x and v.b is y for v, (x, y) in zip(views, pairs, strict=True)
+            ):
+                L.refresh_in_place(layer)  # its views read levels that took the new maps
+                return
+            # Other levels (another grid, e.g. a new pixel size): new views, new place.
+            layer.data = L.layer_data([DifferenceView(x, y) for x, y in pairs])[0]
+            L.place(layer, grid)
+            return
+        data, multiscale = L.layer_data([DifferenceView(x, y) for x, y in pairs])
+        layer = Image(
+            data,
+            multiscale=multiscale,
+            name=name,
+            colormap=L.overlay_colormap("magma"),
+            opacity=0.8,
+            contrast_limits=(0.0, 1.0),
+            metadata={"wsol_method": name, "slide_mpp": self._overlay_place.slide_mpp},
+            **grid,
+        )
+        self._append_layer(layer)
 
     # ================================================================ thresholds
     def _mask_layer(self, method: str, replace: bool = False):
@@ -68,8 +87,9 @@ class ThresholdsMixin:
                 v.level is m for v, m in zip(views, levels, strict=True)
             ):
                 L.refresh_in_place(layer)  # its views read levels that took the new map
-            else:
+            else:  # another grid (the image's pixel size changed): new views, new place
                 layer.data = L.layer_data(self._threshold_views(method))[0]
+                L.place(layer, self._overlay_place.grid(self.store.scale(0)))
         return layer
 
     def _threshold_views(self, method: str) -> list[ThresholdView]:
@@ -78,7 +98,7 @@ class ThresholdsMixin:
 
     def _new_mask_layer(self, method: str) -> Labels:
         data, multiscale = L.layer_data(self._threshold_views(method))
-        place = L.Placement.of(self._source())
+        place = self._overlay_place
         class_name = self.target.value or "positive"
         metadata = {
             "wsol_method": method,

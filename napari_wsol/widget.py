@@ -43,6 +43,7 @@ from napari_wsol import layers as L
 from napari_wsol._export import ExportSessionMixin
 from napari_wsol._heap import freeze_startup_heap
 from napari_wsol._labels import LabelsMixin
+from napari_wsol._pixel_size import UNKNOWN, PixelSizeMixin, slide_key
 from napari_wsol._thresholds import ThresholdsMixin
 from napari_wsol.jobs import stream
 from napari_wsol.reader import SLIDE_KEY
@@ -128,7 +129,7 @@ def faithfulness_html(target: str, scores: dict[str, dict]) -> str:
     )
 
 
-class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
+class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixin, QWidget):
     """Dock widget of the WSOL app (see the module docstring)."""
 
     _write_failed = Signal(str)  # from the session writer's thread
@@ -148,6 +149,8 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self._pbar = None
         self._last_refresh = 0.0
         self._edit: dict | None = None  # region, pseudo labels, rgb of the labelled region
+        self._edit_layer = None  # the image layer the pseudo-labels are on
+        self._maps_layer = None  # the image layer the shown maps are of
         self._saved_corrections: np.ndarray | None = None
         self._then = None  # a job to start when the current one finishes
         self._tissue_cache: tuple | None = None
@@ -172,6 +175,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._refresh_images)
         self._refresh_images()
+        self._show_pixel_size()
         self._save_timer = QTimer(self)
         self._save_timer.setSingleShot(True)
         self._save_timer.setInterval(300)
@@ -192,6 +196,12 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self.model_info = _label("")
         self.version = ComboBox(label="version", choices=self.session.version_names())
         self.image = ComboBox(label="image", choices=self._image_layers, nullable=True)
+        self.pixel_size = FloatSpinBox(label="pixel size (µm)", min=0.0, max=1000.0, step=0.05)
+        # Decimals before any value (the spin box rounds to them); a value applies on
+        # Enter or leaving the field, not at every keystroke of "0.25".
+        self.pixel_size.native.setDecimals(4)
+        self.pixel_size.native.setSpecialValueText(UNKNOWN)
+        self.pixel_size.native.setKeyboardTracking(False)
         self.methods = Select(
             label="methods", choices=list(METHODS), value=["cam", "gradcampp", "fcam", "pixelcam"]
         )
@@ -223,6 +233,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
                 self.model_info,
                 self.version,
                 self.image,
+                self.pixel_size,
                 self.methods,
                 self.target,
                 self.scope,
@@ -362,12 +373,14 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         self.draw_button.changed.connect(self.draw_region)
         self.checkpoint.changed.connect(self._checkpoint_changed)
         self.version.changed.connect(self._version_changed)
+        self.image.changed.connect(self._show_pixel_size)
+        self.pixel_size.changed.connect(self._pixel_size_changed)
         self.diff_button.changed.connect(self.show_disagreement)
         self.faith_button.changed.connect(self.faithfulness)
         self.thr_method.changed.connect(self._threshold_method_changed)
         self.threshold.changed.connect(self._threshold_moved)
         self.otsu_button.changed.connect(self.otsu)
-        self.pseudo_button.changed.connect(self.make_pseudo_labels)
+        self.pseudo_button.changed.connect(lambda: self.make_pseudo_labels())
         self.flip.changed.connect(self._flip_toggled)
         self.train_button.changed.connect(self.fine_tune)
         self.export_mask_button.changed.connect(lambda: self.export("mask"))
@@ -405,7 +418,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         from wsol.slide import ImageSlide, open_slide
 
         path = layer.metadata.get(SLIDE_KEY)
-        key = path or f"layer:{id(layer.data)}"
+        key = slide_key(layer)
         if key not in self._slides:
             if path:
                 self._slides[key] = open_slide(path)
@@ -515,6 +528,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         ):
             button.enabled = not busy
         self.cancel_button.enabled = busy
+        self._show_pixel_size()  # not while a job works on the image
 
     def _start(self, job, desc: str, on_yield, on_return, total: int = 0) -> bool:
         """Run ``job`` (a generator function) in a napari worker; False when busy."""
@@ -803,7 +817,8 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
             return ""
         return (
             f"\nThe image records no pixel size: each of its pixels was read as "
-            f"{model_mpp:g} µm, the model's scale. At another scale the maps are unreliable."
+            f"{model_mpp:g} µm, the model's scale. At another scale the maps are unreliable: "
+            f"set its pixel size above."
         )
 
     def _open_store(
@@ -821,6 +836,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         """
         run = self._stepper(spread)
         self.store = store
+        self._maps_layer = layer
         self.levels = levels or {m: L.map_levels(store, m) for m in store.methods}
         self.session.state.store = str(store.path.relative_to(self.session.folder))
         self._overlay_place = L.Placement.of(layer)
@@ -839,6 +855,9 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, ExportSessionMixin, QWidget):
         for method in names:
             if f"{method} mask" in self.viewer.layers:
                 run(self._mask_layer, method, True)
+        shown = self.session.state.disagreement
+        if shown and f"|{shown[0]} - {shown[1]}|" in self.viewer.layers:
+            run(self._refresh_disagreement)
         if levels is not None:
             run(self._update_area)
 

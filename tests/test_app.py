@@ -160,6 +160,111 @@ def test_a_run_on_an_image_without_a_pixel_size_says_what_scale_it_assumed(viewe
     assert "1 µm, the model's scale" in widget.status.value  # the sample model's mpp
 
 
+def test_a_pixel_size_set_by_hand_moves_the_image_its_maps_and_its_corrections(
+    viewer, qtbot, make_napari_viewer, tmp_path: Path
+) -> None:
+    """The cat records no pixel size: its pixels were read at the model's 1 µm. Set to
+    0.5 µm, the image and everything on it shrink together in world units, the same
+    fur stays in view, the maps are computed again at 2 image px per model px, the
+    pseudo-labels made again and the user's stroke carried to the same fur; a session
+    brings the pixel size back."""
+    from napari_wsol._pixel_size import UNKNOWN
+
+    (image,) = viewer.open_sample("napari-wsol", "chelsea")
+    widget = _dock(viewer)
+    assert widget.pixel_size.enabled and widget.pixel_size.native.text() == UNKNOWN
+    viewer.reset_view()
+    widget.scope.value = "whole slide"
+    widget.methods.value = ["cam", "fcam"]
+    widget.run()
+    _wait(qtbot, widget)
+    assert "records no pixel size" in widget.status.value
+    widget.thr_method.value = "fcam"
+    widget.threshold.value = 0.5
+    _mask_made(qtbot, viewer, widget)
+    widget.diff_a.value, widget.diff_b.value = "fcam", "cam"
+    widget.show_disagreement()
+    _, corrections = _labels_of(viewer, widget, qtbot)
+    stroke = np.array([150.0, 200.0])  # world point (= image pixel) on the cat
+    row, col = np.round(corrections.world_to_data(stroke)).astype(int)
+    with corrections.block_history():
+        corrections.paint((row, col), 2)
+    qtbot.waitUntil(lambda: (widget._saved_corrections == 2).any(), timeout=5000)
+    old_region = widget._edit["region"]
+    labelled = corrections.extent.world  # the view's part of the cat
+    center, zoom = np.asarray(viewer.camera.center[-2:]), viewer.camera.zoom
+
+    widget.pixel_size.value = 0.5
+    _wait(qtbot, widget)  # the maps, then the pseudo-labels
+    qtbot.waitUntil(lambda: widget.worker is None and not widget._turns, timeout=120_000)
+
+    assert tuple(image.scale) == pytest.approx((0.5, 0.5))
+    assert [str(u) for u in image.units] == ["micrometer", "micrometer"]
+    assert image.metadata["mpp"] == 0.5 and widget.pixel_size.value == pytest.approx(0.5)
+    np.testing.assert_allclose(viewer.camera.center[-2:], center * 0.5)  # same fur in view
+    assert viewer.camera.zoom == pytest.approx(zoom * 2)
+    assert widget.store.mpp == pytest.approx(0.5)
+    assert widget.store.scale(0) == 2 * 2  # MAP_DOWNSAMPLE model px, each 2 image px
+    assert "records no pixel size" not in widget.status.value
+    for name in ("cam", "fcam", "fcam mask", "|fcam - cam|"):
+        extent = viewer.layers[name].extent.world
+        np.testing.assert_allclose(extent, image.extent.world, atol=2.1, err_msg=name)
+    for name in ("pseudo-labels", "corrections"):  # the same part (whole cells of the
+        extent = viewer.layers[name].extent.world  # encoder's grid) at the new scale
+        assert (extent[0] <= labelled[0] * 0.5 + 1).all(), name
+        assert (extent[1] >= labelled[1] * 0.5 - 1).all(), name
+    region = widget._edit["region"]
+    assert region.downsample == 2.0 and region.box[:2] == old_region.box[:2]
+    assert viewer.layers["corrections"].data.shape == region.shape
+    row, col = np.round(corrections.world_to_data(stroke * 0.5)).astype(int)
+    assert corrections.data[row, col] == 2  # the stroke, on the same fur
+    assert widget.session.load_labels(region, "corrections")[row, col] == 2
+    assert widget.session.state.slide_mpp == 0.5
+
+    folder = widget.save_session(tmp_path / "saved")
+    _wait(qtbot, widget)
+    other = make_napari_viewer(show=True)
+    restored = _dock(other)
+    restored.restore_session(folder)
+    (cat,) = [layer for layer in other.layers if layer.name == image.name]
+    assert tuple(cat.scale) == pytest.approx((0.5, 0.5))
+    assert restored.pixel_size.value == pytest.approx(0.5) and restored.pixel_size.enabled
+    np.testing.assert_allclose(other.layers["fcam"].extent.world, cat.extent.world, atol=2.1)
+    assert other.layers["corrections"].data[row, col] == 2
+
+
+def test_labels_that_cannot_follow_a_pixel_size_leave_the_view_not_the_disk(
+    viewer, qtbot
+) -> None:
+    """At 4 µm/px the labelled part of the cat would be 1800 model px wide, over what a
+    round may edit: its labels leave the view (no round trains on the old scale) and
+    the stroke stays in the session's folder."""
+    viewer.open_sample("napari-wsol", "chelsea")
+    widget = _dock(viewer)
+    viewer.reset_view()
+    _, corrections = _labels_of(viewer, widget, qtbot)
+    with corrections.block_history():
+        corrections.paint((100, 100), 2)
+    region = widget._edit["region"]
+    qtbot.waitUntil(lambda: (widget._saved_corrections == 2).any(), timeout=5000)
+    widget.pixel_size.value = 4.0
+    assert "pseudo-labels" not in viewer.layers and "corrections" not in viewer.layers
+    assert widget._edit is None and widget.session.state.edit_region is None
+    assert "cannot follow" in widget.status.value and "stay saved" in widget.status.value
+    assert (widget.session.load_labels(region, "corrections") == 2).any()
+    widget.fine_tune()
+    assert widget.worker is None and "Make pseudo-labels first" in widget.status.value
+
+
+def test_a_pixel_size_the_file_records_is_shown_and_kept(app) -> None:
+    _, widget, image = app
+    assert widget.pixel_size.value == pytest.approx(0.499)
+    assert not widget.pixel_size.enabled  # the sample tile records it
+    widget.pixel_size.value = 0.25  # programmatically, past the disabled field
+    assert tuple(image.scale) == pytest.approx((0.499, 0.499))
+    assert image.metadata["mpp"] == pytest.approx(0.499)
+
+
 def test_the_first_slider_move_makes_the_mask_on_later_turns_at_the_latest_value(
     app, qtbot
 ) -> None:

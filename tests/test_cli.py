@@ -228,6 +228,42 @@ def test_predict_on_a_plain_png_and_a_pyramidal_tiff(
     assert "121 tissue tiles, 0 run" in capsys.readouterr().out
 
 
+def test_predict_takes_the_pixel_size_of_an_image_that_records_none(tmp_path: Path, capsys) -> None:
+    """The PNG tile records no pixel size. Read at the model's 1 µm/px it makes 11 x 11
+    tiles of 64 px; given as 0.5 µm/px (what it is), each tile covers twice the pixels,
+    and the map has half the pixels a side. A pixel size the file records is kept."""
+    model = wsol.create_model(
+        "resnet18", 2, class_names=["normal", "lesion"], input_size=64, mpp=1.0
+    )
+    checkpoint = model.save(tmp_path / "model.safetensors")
+    png = sample_path("he_tile")
+    options = ["--checkpoint", str(checkpoint), "--methods", "cam"]
+    assert main(["predict", str(png), *options, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "121 tissue tiles" in out and "records no pixel size" in out
+    assert (
+        main(["predict", str(png), *options, "--out", str(tmp_path / "b"), "--slide-mpp", "0.5"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "25 tissue tiles" in out and "note:" not in out  # 5 x 5 tiles of 128 image px
+    mask = tifffile.imread(tmp_path / "b" / "he_tile.cam.mask.ome.tif")
+    assert mask.shape == (64, 64)  # 4 model px (8 image px) per map pixel
+    tif = tmp_path / "tile.ome.tif"
+    tifffile.imwrite(
+        tif,
+        np.zeros((256, 256, 3), np.uint8),
+        resolution=(1 / 0.25e-4, 1 / 0.25e-4),
+        resolutionunit="CENTIMETER",
+        photometric="rgb",
+    )
+    code = main(["predict", str(tif), *options, "--out", str(tmp_path / "c"), "--slide-mpp", "0.5"])
+    assert code == 0
+    assert "records 0.25 µm/px; --slide-mpp 0.5 was not used" in capsys.readouterr().out
+    assert main(["predict", str(png), *options, "--out", str(tmp_path), "--slide-mpp", "0"]) == 2
+    assert "--slide-mpp 0.0: must be a positive" in capsys.readouterr().err
+
+
 def test_predict_reports_a_bad_slide_and_still_does_the_others(
     tmp_path: Path, checkpoint: Path, capsys
 ) -> None:

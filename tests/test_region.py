@@ -20,6 +20,7 @@ from wsol.region import (
     effective_labels,
     flip_component,
     pseudo_labels,
+    resample_labels,
     tiles_in_box,
 )
 from wsol.session import FINE_TUNE, Session, SessionWriter
@@ -83,6 +84,32 @@ def test_flip_component_swaps_one_connected_region() -> None:
     corrections[indices] = value
     merged = effective_labels(labels, corrections)
     assert (merged[1:3, 1:3] == BACKGROUND).all() and (merged[4:6, 5:8] == FOREGROUND).all()
+
+
+def test_labels_carried_to_another_scale_stay_on_the_same_level0_pixels() -> None:
+    """Corrections painted at 1 level-0 px per pixel, carried to 4 (a pixel size set
+    later) and back: each stroke stays where it was painted, a stroke thinner than the
+    coarse pixel is kept, and what lies outside the source region is unpainted."""
+    fine = Region(100, 200, 64, 96, 1.0)
+    labels = np.zeros(fine.shape, np.uint8)
+    labels[10:20, 30:50] = FOREGROUND  # level-0 rows 110-120, cols 230-250
+    labels[40, :] = BACKGROUND  # a one-pixel line: thinner than a coarse pixel
+    coarse = Region(96, 192, 80, 112, 4.0)  # 20 x 28, a little larger than ``fine``
+    moved = resample_labels(labels, fine, coarse)
+    assert moved.shape == coarse.shape
+    # coarse pixel (r, c) covers level-0 rows 96 + 4r ... : the square is rows 3.5-6
+    assert (moved[4:6, 10:14] == FOREGROUND).all()
+    line = (100 + 40 - 96) // 4  # the coarse row holding level-0 row 140
+    assert (moved[line, 2:26] == BACKGROUND).all()  # one level-0 px thick, still there
+    assert np.delete(moved[:, 2:9], line, axis=0).max() == NONE  # nothing else painted
+    assert moved[0].max() == NONE and moved[-1].max() == NONE  # outside ``fine``
+    back = resample_labels(moved, coarse, fine)
+    assert (back[12:18, 32:48] == FOREGROUND).all()  # the square, within a coarse pixel
+    assert back[0, 0] == NONE
+    same = resample_labels(labels, fine, fine)
+    np.testing.assert_array_equal(same, labels)
+    with pytest.raises(InputError, match="do not fit"):
+        resample_labels(labels[1:], fine, coarse)
 
 
 def test_tiles_in_box_finds_the_overlapping_tiles(synthetic_slide: Path) -> None:

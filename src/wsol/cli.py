@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--mpp", type=float, help="microns per pixel the model sees")
     where.add_argument("--level", type=int, help="slide level the model sees")
+    p.add_argument(
+        "--slide-mpp",
+        type=float,
+        help="microns per pixel of slides whose file records none (a recorded one is kept)",
+    )
     p.add_argument("--tile", type=int, help="tile side (default: the model's input size)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction")
     p.add_argument("--map-downsample", type=int, default=4, help="tile pixels per map pixel")
@@ -502,6 +507,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     if not 0 <= args.threshold <= 1:
         raise InputError(f"--threshold {args.threshold}: must be in [0, 1]")
+    if args.slide_mpp is not None and not args.slide_mpp > 0:
+        raise InputError(f"--slide-mpp {args.slide_mpp}: must be a positive µm per pixel")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.checkpoint).to(device)
     target = _target(args.target, model.config.class_names)
@@ -530,6 +537,7 @@ def _predict(args: argparse.Namespace) -> int:
                 progress=progress,
                 refine=_dense_crf(args),
                 precision=args.precision,
+                slide_mpp=args.slide_mpp,
             )
         except InputError as exc:
             print(f"\nwsol predict: error: {exc}", file=sys.stderr)
@@ -544,10 +552,29 @@ def _predict(args: argparse.Namespace) -> int:
         )
         for file in prediction.files():
             print(f"  {file}")
+        scale_chosen = args.level is not None or args.mpp is not None
+        note = _pixel_size_note(
+            prediction, args.slide_mpp, None if scale_chosen else model.config.mpp
+        )
+        if note:
+            print(f"  note: {note}")
     if failed:
         print(f"wsol predict: {len(failed)} of {len(args.slides)} slide(s) failed", file=sys.stderr)
         return EXIT_INPUT
     return 0
+
+
+def _pixel_size_note(prediction, given: float | None, model_mpp: float | None) -> str:
+    """What a user should know about the slide's pixel size in a prediction."""
+    mpp = prediction.slide_mpp
+    if given and prediction.mpp_recorded and mpp != given:
+        return f"the slide records {mpp:g} µm/px; --slide-mpp {given:g} was not used"
+    if mpp is None and model_mpp:
+        return (
+            f"the slide records no pixel size: its pixels were read as the model's "
+            f"{model_mpp:g} µm (give --slide-mpp if it is another)"
+        )
+    return ""
 
 
 def _progress_printer(name: str, unit: str = "tiles"):

@@ -20,6 +20,8 @@ class Prediction:
     geojson: dict[str, Path] = field(default_factory=dict)
     csv: Path | None = None
     result: InferenceResult | None = None
+    slide_mpp: float | None = None  # the slide's µm/px the run used (None: unknown)
+    mpp_recorded: bool = False  # ``slide_mpp`` is the file's own, not one given
 
     def files(self) -> list[Path]:
         return [self.store, *self.masks.values(), *self.geojson.values(), self.csv]
@@ -34,6 +36,7 @@ def predict_slide(
     threshold: float = 0.5,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    slide_mpp: float | None = None,
     **options: object,
 ) -> Prediction:
     """Run :func:`wsol.infer.infer_slide` on one slide and write its exports.
@@ -42,12 +45,18 @@ def predict_slide(
     ``<stem>.<method>.mask.ome.tif`` (``map >= threshold``, pyramidal) and
     ``<stem>.<method>.geojson`` (QuPath annotations), and ``<stem>.tiles.csv``.
     Exports are written only when the run completes (not when cancelled).
+    ``slide_mpp`` is the slide's pixel size (µm) where its file records none; a
+    recorded one is used as it is.
     """
     path = Path(path)
     out_dir = Path(out_dir)
     stem = slide_stem(path)
     prediction = Prediction(path, out_dir / f"{stem}.zarr")
     with open_slide(path) as slide:
+        prediction.mpp_recorded = slide.mpp is not None
+        if slide_mpp:
+            slide.assume_mpp(slide_mpp)
+        prediction.slide_mpp = slide.mpp
         result = infer_slide(
             model,
             slide,

@@ -205,6 +205,50 @@ def effective_labels(pseudo: np.ndarray, corrections: np.ndarray) -> np.ndarray:
     return np.where(corrections != NONE, corrections, pseudo).astype(np.uint8)
 
 
+def resample_labels(labels: np.ndarray, src: Region, dst: Region) -> np.ndarray:
+    """``labels`` painted on region ``src``, carried onto the pixels of region ``dst``.
+
+    Both regions are boxes of the same slide, each at its own analysis resolution (e.g.
+    before and after the image's pixel size was set). A ``dst`` pixel no larger than a
+    ``src`` pixel takes the label under its centre; a larger one takes the label painted
+    on most of the ``src`` pixels it covers (foreground on a tie), so a stroke thinner
+    than a ``dst`` pixel is kept. Parts of ``dst`` outside ``src`` are unpainted (0).
+    """
+    if labels.shape != src.shape:
+        raise InputError(f"labels {labels.shape} do not fit the region {src.shape}")
+    (sh, sw), (dh, dw) = src.shape, dst.shape
+    if dst.h / dh <= src.h / sh and dst.w / dw <= src.w / sw:
+        rows = np.floor((dst.y + (np.arange(dh) + 0.5) * dst.h / dh - src.y) * sh / src.h)
+        cols = np.floor((dst.x + (np.arange(dw) + 0.5) * dst.w / dw - src.x) * sw / src.w)
+        inside = ((rows >= 0) & (rows < sh))[:, None] & ((cols >= 0) & (cols < sw))[None, :]
+        rows, cols = np.clip(rows, 0, sh - 1).astype(int), np.clip(cols, 0, sw - 1).astype(int)
+        return np.where(inside, labels[np.ix_(rows, cols)], NONE).astype(np.uint8)
+
+    def covered(start: int, length: int, n: int, s_start: int, s_length: int, s_n: int):
+        # The src pixels [lo, hi) each dst pixel overlaps (empty outside src).
+        edges = (start + np.arange(n + 1) * length / n - s_start) * s_n / s_length
+        lo = np.clip(np.floor(edges[:-1] + 1e-6), 0, s_n).astype(int)
+        hi = np.clip(np.ceil(edges[1:] - 1e-6), 0, s_n).astype(int)
+        return lo, np.maximum(hi, lo)
+
+    y_lo, y_hi = covered(dst.y, dst.h, dh, src.y, src.h, sh)
+    x_lo, x_hi = covered(dst.x, dst.w, dw, src.x, src.w, sw)
+    counts = []
+    for value in (BACKGROUND, FOREGROUND):
+        # Summed-area table: the painted pixels of any box in four lookups.
+        table = np.zeros((sh + 1, sw + 1), np.int64)
+        table[1:, 1:] = (labels == value).cumsum(0).cumsum(1)
+        counts.append(
+            table[np.ix_(y_hi, x_hi)]
+            - table[np.ix_(y_lo, x_hi)]
+            - table[np.ix_(y_hi, x_lo)]
+            + table[np.ix_(y_lo, x_lo)]
+        )
+    bg, fg = counts
+    out = np.where(fg >= bg, FOREGROUND, BACKGROUND)
+    return np.where((fg + bg) > 0, out, NONE).astype(np.uint8)
+
+
 def flip_component(labels: np.ndarray, row: int, col: int) -> tuple[np.ndarray, int] | None:
     """The 4-connected region of ``labels`` containing ``(row, col)`` and its flipped value.
 

@@ -119,7 +119,10 @@ def make_grid(
         raise InputError("give either mpp or level, not both")
     if mpp is not None:
         if slide.mpp is None:
-            raise InputError(f"{slide.path}: the slide does not record its mpp; choose a level")
+            raise InputError(
+                f"{slide.path}: the slide does not record its mpp; choose a level, "
+                "or give its pixel size"
+            )
         downsample = mpp / slide.mpp
         if downsample < 0.5:
             raise InputError(
