@@ -120,6 +120,8 @@ class PixelSizeMixin:
             other.scale = tuple(np.asarray(other.scale[-2:], dtype=float) * factor)
             other.translate = moved(other.translate)
             other.units = units
+            if "slide_mpp" in other.metadata:  # the writer's world -> level-0 px
+                other.metadata["slide_mpp"] = mpp
         camera = self.viewer.camera
         center, zoom = camera.center, camera.zoom
         layer.metadata["mpp"] = mpp

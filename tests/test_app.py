@@ -220,6 +220,21 @@ def test_a_pixel_size_set_by_hand_moves_the_image_its_maps_and_its_corrections(
     assert corrections.data[row, col] == 2  # the stroke, on the same fur
     assert widget.session.load_labels(region, "corrections")[row, col] == 2
     assert widget.session.state.slide_mpp == 0.5
+    # Saved for QuPath, the stroke lies at its image pixels, whatever the world units.
+    from napari_wsol.writer import write_labels
+
+    data, meta, _ = corrections.as_layer_data_tuple()
+    write_labels(str(tmp_path / "strokes.geojson"), data, meta)
+    (feature,) = json.loads((tmp_path / "strokes.geojson").read_text())["features"]
+    ring = np.asarray(feature["geometry"]["coordinates"][0])  # x, y in image pixels
+    assert np.abs(ring.mean(axis=0) - stroke[::-1]).max() < 4
+    mask = viewer.layers["fcam mask"]  # placed before, moved with the image
+    data, meta, _ = mask.as_layer_data_tuple()
+    levels = [np.asarray(d) for d in data] if mask.multiscale else np.asarray(data)
+    write_labels(str(tmp_path / "mask.geojson"), levels, meta)
+    features = json.loads((tmp_path / "mask.geojson").read_text())["features"]
+    xy = np.concatenate([np.asarray(f["geometry"]["coordinates"][0]) for f in features])
+    assert len(features) and xy.max(axis=0) == pytest.approx([451, 300], abs=8)
 
     folder = widget.save_session(tmp_path / "saved")
     _wait(qtbot, widget)
@@ -233,9 +248,7 @@ def test_a_pixel_size_set_by_hand_moves_the_image_its_maps_and_its_corrections(
     assert other.layers["corrections"].data[row, col] == 2
 
 
-def test_labels_that_cannot_follow_a_pixel_size_leave_the_view_not_the_disk(
-    viewer, qtbot
-) -> None:
+def test_labels_that_cannot_follow_a_pixel_size_leave_the_view_not_the_disk(viewer, qtbot) -> None:
     """At 4 µm/px the labelled part of the cat would be 1800 model px wide, over what a
     round may edit: its labels leave the view (no round trains on the old scale) and
     the stroke stays in the session's folder."""
