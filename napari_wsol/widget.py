@@ -69,6 +69,9 @@ MAP_DOWNSAMPLE = 2
 #: Overlay layers are refreshed at most this often while a run streams in (seconds).
 REFRESH_EVERY = 0.5
 TURN_PAUSE_MS = 5
+#: The map a run shows first, the first of these it computed (else its first method);
+#: the other overlays are added hidden: stacked heatmaps hide one another.
+LEAD_METHODS = ("fcam", "pixelcam")
 
 
 def _label(text: str) -> Label:
@@ -151,6 +154,8 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         self._edit: dict | None = None  # region, pseudo labels, rgb of the labelled region
         self._edit_layer = None  # the image layer the pseudo-labels are on
         self._maps_layer = None  # the image layer the shown maps are of
+        self._lead = None  # the overlay a run shows (LEAD_METHODS)
+        self._added_hidden: list[str] = []  # overlays this run added hidden
         self._saved_corrections: np.ndarray | None = None
         self._then = None  # a job to start when the current one finishes
         self._tissue_cache: tuple | None = None
@@ -712,6 +717,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         self.session.state.slide_mpp = slide.mpp
         self.session.state.run_region = None if restrict is None else restrict.to_dict()
         self._scale_note = self._pixel_size_note(slide)
+        self._added_hidden = []
         path = self.session.store_path()
         target_name = self.target.value
         refine = DenseCRFParams() if self.dense_crf.value else None
@@ -796,6 +802,11 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
             done = f"Done: the stored maps of all {result.tiles_total} tiles, none recomputed"
         else:
             done = f"Done: {n} tiles in {result.seconds:.1f} s"
+        if self._added_hidden:
+            done += (
+                f"; showing {self._lead}, with {', '.join(self._added_hidden)} added "
+                f"hidden (their eye in the layer list shows them)"
+            )
         self.status.value = done + self._scale_note
         self._save_session()
 
@@ -837,6 +848,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         run = self._stepper(spread)
         self.store = store
         self._maps_layer = layer
+        self._lead = next((m for m in LEAD_METHODS if m in store.methods), store.methods[0])
         self.levels = levels or {m: L.map_levels(store, m) for m in store.methods}
         self.session.state.store = str(store.path.relative_to(self.session.folder))
         self._overlay_place = L.Placement.of(layer)
@@ -886,8 +898,11 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
             blending="translucent",
             contrast_limits=(0.0, 1.0),
             metadata={"wsol_method": method, "slide_mpp": place.slide_mpp},
+            visible=method == self._lead,
             **grid,
         )
+        if not overlay.visible:
+            self._added_hidden.append(method)
         self._add_layer(overlay)
 
     def _add_layer(self, layer, then=None) -> None:

@@ -146,6 +146,10 @@ def test_run_shows_aligned_overlays_scores_and_the_sample_model(app) -> None:
     assert "normal" in widget.scores.value and "lesion" in widget.scores.value
     assert list(widget.target.choices) == ["normal", "lesion"]
     assert "pixel size" not in widget.status.value  # the tile records 0.499 µm/px
+    # One map is shown, the trained head's: stacked heatmaps would hide one another.
+    shown = [m for m in ("cam", "gradcampp", "fcam", "pixelcam") if viewer.layers[m].visible]
+    assert shown == ["fcam"]
+    assert "showing fcam, with cam, gradcampp, pixelcam added hidden" in widget.status.value
 
 
 def test_a_run_on_an_image_without_a_pixel_size_says_what_scale_it_assumed(viewer, qtbot) -> None:
@@ -903,7 +907,8 @@ def test_a_first_run_makes_its_overlays_before_any_tile_and_the_window_draws_aga
     assert widget.status.value.startswith("Done"), widget.status.value
     assert tiles_done_when_added == {"cam": 0, "fcam": 0}
     qtbot.waitUntil(lambda: not widget._turns, timeout=5000)
-    assert viewer.layers["cam"].visible and viewer.layers["fcam"].visible  # added hidden
+    assert viewer.layers["fcam"].visible  # added hidden, shown on a later turn
+    assert not viewer.layers["cam"].visible  # one map at a time: F-CAM first
     window = widget.window()
     assert window.updatesEnabled()
     canvases = window.findChildren(QOpenGLWidget)
