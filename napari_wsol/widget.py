@@ -804,8 +804,8 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
             done = f"Done: {n} tiles in {result.seconds:.1f} s"
         if self._added_hidden:
             done += (
-                f"; showing {self._lead}, with {', '.join(self._added_hidden)} added "
-                f"hidden (their eye in the layer list shows them)"
+                f". Showing {self._lead}; {', '.join(self._added_hidden)} added hidden "
+                f"(click their eye in the layer list)."
             )
         self.status.value = done + self._scale_note
         self._save_session()

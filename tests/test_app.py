@@ -149,7 +149,7 @@ def test_run_shows_aligned_overlays_scores_and_the_sample_model(app) -> None:
     # One map is shown, the trained head's: stacked heatmaps would hide one another.
     shown = [m for m in ("cam", "gradcampp", "fcam", "pixelcam") if viewer.layers[m].visible]
     assert shown == ["fcam"]
-    assert "showing fcam, with cam, gradcampp, pixelcam added hidden" in widget.status.value
+    assert "Showing fcam; cam, gradcampp, pixelcam added hidden" in widget.status.value
 
 
 def test_a_run_on_an_image_without_a_pixel_size_says_what_scale_it_assumed(viewer, qtbot) -> None:
