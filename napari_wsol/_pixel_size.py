@@ -53,6 +53,7 @@ class PixelSizeMixin:
     def _pixel_size_changed(self) -> None:
         layer = self.image.value
         if layer is None or file_mpp(layer) is not None:
+            self._show_pixel_size()  # the file's value stands
             return
         mpp = float(self.pixel_size.value) or None
         if mpp == layer.metadata.get("mpp"):

@@ -279,6 +279,7 @@ def test_a_pixel_size_the_file_records_is_shown_and_kept(app) -> None:
     assert not widget.pixel_size.enabled  # the sample tile records it
     widget.pixel_size.value = 0.25  # programmatically, past the disabled field
     assert tuple(image.scale) == pytest.approx((0.499, 0.499))
+    assert widget.pixel_size.value == pytest.approx(0.499)
     assert image.metadata["mpp"] == pytest.approx(0.499)
 
 
