@@ -135,6 +135,75 @@ def refresh_in_place(layer) -> None:
     layer.refresh()
 
 
+#: OpenGL renderers that run on the CPU (Mesa's, Google's), as GL_RENDERER names them.
+SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swrast", "software rasterizer", "swiftshader")
+
+
+def renders_in_software(canvas) -> bool:
+    """Whether a canvas (a QOpenGLWidget) draws with a software OpenGL renderer."""
+    from vispy.gloo import gl
+
+    try:
+        canvas.makeCurrent()
+        try:
+            name = str(gl.glGetParameter(gl.GL_RENDERER)).lower()
+        finally:
+            canvas.doneCurrent()
+    except Exception:  # no context (yet): leave the canvas alone
+        return False
+    return any(renderer in name for renderer in SOFTWARE_RENDERERS)
+
+
+def warm_gl_programs(viewer, canvases: list, circle: bool = True) -> list:
+    """Have software OpenGL build the programs of the app's overlays and labels now.
+
+    One frame, drawn into the canvases' framebuffers inside this call, shows a 3 x 3
+    overlay and Labels probe over the view (and, with ``circle``, napari's brush
+    circle); the probes leave the layer list before Qt paints it. Returns the frames.
+    """
+    from napari.layers import Image
+
+    canvases = [canvas for canvas in canvases if renders_in_software(canvas)]
+    if not canvases:
+        return []
+    h, w = viewer.canvas.size if hasattr(viewer, "canvas") else (1000, 1000)
+    side = max(h, w) / viewer.camera.zoom
+    centre = np.asarray(viewer.camera.center[-2:], dtype=float)
+    grid: dict = {"scale": (side / 3, side / 3), "translate": tuple(centre - side / 3)}
+    units = next((layer.units[-2:] for layer in viewer.layers if layer.ndim == 2), None)
+    if units is not None:
+        grid["units"] = units
+    probe_meta = {"wsol_method": "probe"}
+    probes = [
+        Image(
+            np.zeros((3, 3), np.float32),
+            name="wsol probe",
+            metadata=probe_meta,
+            colormap=overlay_colormap(DEFAULT_COLORMAP),
+            opacity=0.7,
+            blending="translucent",
+            contrast_limits=(0.0, 1.0),
+            **grid,
+        ),
+        labels_layer(
+            np.eye(3, dtype=np.uint8), "wsol probe labels", 0.5, MASK_COLORS, probe_meta, grid
+        ),
+    ]
+    with keeping_active_layer(viewer.layers):
+        for probe in probes:
+            viewer.layers.append(probe)
+    cursor = viewer.cursor
+    before = (cursor.style, cursor.size, cursor.scaled)
+    if circle:
+        cursor.scaled, cursor.size, cursor.style = False, 20, "circle"
+    try:
+        return [canvas.grabFramebuffer() for canvas in canvases]
+    finally:
+        cursor.style, cursor.size, cursor.scaled = before
+        for probe in probes:
+            viewer.layers.remove(probe)
+
+
 def _unproxied(obj):
     # napari hands plugin widgets its objects behind a PublicOnlyProxy (a wrapt proxy),
     # which warns on private names; the helpers above use them on the object itself.
