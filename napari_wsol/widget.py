@@ -165,7 +165,6 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         self._turns: deque = deque()  # GUI steps waiting for their own event-loop turn
         self._in_turn = False
         self._canvases: list = []  # the viewer's OpenGL canvases, found once
-        self._programs_warm = False  # layers.warm_gl_programs ran (once shown)
         self._turn_timer = QTimer(self)
         self._turn_timer.setSingleShot(True)
         # A pause between steps, not 0: a zero timer would be due before the other
@@ -400,19 +399,6 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         for widget in (self.heads, self.steps, self.lr, self.guide):
             widget.changed.connect(self._tune_changed)
         self._update_session_info()
-
-    def showEvent(self, event) -> None:
-        super().showEvent(event)
-        if not self._programs_warm:
-            self._programs_warm = True
-            QTimer.singleShot(0, self._warm_gl_programs)
-
-    def _warm_gl_programs(self) -> None:
-        try:
-            canvases = self._canvas_widgets()
-        except RuntimeError:  # closed before its first turn
-            return
-        L.warm_gl_programs(self.viewer, canvases)
 
     # ================================================================ layers & choices
     def _image_layers(self, _widget: object = None) -> list:
