@@ -13,7 +13,8 @@ sample model; maps are computed for the whole view. Measured:
   which makes the mask layer (``first_move_max_stall_ms``);
 - stalls: a 5 ms QTimer on the GUI thread records the gaps between its ticks while a
   job runs in the background (inference of the whole slide, one fine-tuning round,
-  pseudo-labels); the longest gap is the longest time the viewer was unresponsive;
+  pseudo-labels) and for ``--settle`` seconds after it, through the frames that show
+  its result; the longest gap is the longest time the viewer was unresponsive;
 - the frame of every layer (slide, overlays, mask, pseudo-labels, corrections) with no
   job running: the renderer's floor under the stalls of the jobs that show them;
 - a full garbage collection at the end, with the objects the widget froze at start-up
@@ -64,6 +65,13 @@ def main() -> None:
         type=int,
         help="run the jobs' threads at this nice value instead of the app's SCHED_IDLE",
     )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.3,
+        help="seconds the stall recorder keeps running after a job has ended: the frames "
+        "that show its result (0 ends it with the job, as before stop 30)",
+    )
     args = parser.parse_args()
     if args.job_niceness is not None:
         from napari_wsol import jobs
@@ -84,7 +92,7 @@ def main() -> None:
 
     recorder = GapRecorder()
 
-    def job(start, running=lambda: widget.worker is not None, settle: float = 0.0) -> dict:
+    def job(start, running=lambda: widget.worker is not None, settle: float = args.settle) -> dict:
         recorder.start()
         t0 = time.perf_counter()
         start()

@@ -24,6 +24,13 @@ from gui_timing import GapRecorder, pump
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument(
+        "--zoom",
+        type=float,
+        default=1.0,
+        help="zoom in by this factor before the jobs (3: close enough that napari shows "
+        "the brush as a circle once the corrections layer is in paint mode)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("WSOL_SESSIONS", tempfile.mkdtemp(prefix="wsol-pseudo-"))
 
@@ -46,6 +53,7 @@ def main() -> None:
         start()
         while widget.worker is not None:
             pump(0.001)
+        pump(0.3)  # and the frames that follow its end (the corrections layer in paint mode)
         return round(float(recorder.stop().max()), 1)
 
     job(widget.run)
@@ -54,6 +62,7 @@ def main() -> None:
     pump(2.0)  # the mask layer is made on later turns
     for layer in viewer.layers:
         layer.visible = True
+    viewer.camera.zoom *= args.zoom
     pump(0.3)
     stalls = []
     for _ in range(args.repeats):

@@ -85,8 +85,10 @@ def instrument() -> None:
         "_resume_canvases",
         "_resume_window",
         "_pseudo_done",
+        "_show_labels",
         "_show_pseudo_layer",
         "_show_corrections_layer",
+        "_start_editing",
         "_train_progress",
         "_train_done",
         "_steps_progress",
@@ -98,7 +100,12 @@ def instrument() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--min-ms", type=float, default=90.0)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--script",
+        default="app_latency.py",
+        help="the docs/scripts timing script to run (its own options after --)",
+    )
+    args, rest = parser.parse_known_args()
     instrument()
     import napari
     from qtpy.QtCore import QTimer
@@ -125,10 +132,11 @@ def main() -> None:
 
     napari.Viewer.__init__ = viewer_with_timer
     sys.path.insert(0, str(Path(__file__).parent))
-    import app_latency
+    import importlib
 
-    sys.argv = ["app_latency.py"]
-    app_latency.main()
+    script = importlib.import_module(Path(args.script).stem)
+    sys.argv = [args.script, *[r for r in rest if r != "--"]]
+    script.main()
     long = [g for g in gaps if (g[1] - g[0]) * 1000 > args.min_ms]
     print(f"\n{len(long)} gaps over {args.min_ms:.0f} ms (of {len(gaps)} ticks)")
     for a, b in long:
