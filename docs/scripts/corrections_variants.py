@@ -43,6 +43,9 @@ Variants:
   usual one (foreground and background strokes weigh the same however many are painted).
 - ``windows-B-C``: each step trains on B windows of C px instead of one of the app's size
   (``windows-4-96`` covers as many pixels as one 192-px window), each centred as usual.
+- ``grow-R``: each stroke also labels, within R px of it, the round-start mask's
+  connected region it was painted on, where that mask says the other class (``grow-24``;
+  a "smart brush"). The grown pixels are corrections for the round only.
 - ``paint-all``: the simulated user paints the whole ground truth every round instead
   of 10 disks, so every pixel of the region is a correction. An upper bound: what the
   round's fine-tuning can learn in its steps when nothing is left to guess.
@@ -507,6 +510,39 @@ def _flips(found: list):
             yield
 
 
+def _grow(radius: float):
+    """Each stroke also labels, within ``radius`` px of it, the pixels of the round-start
+    mask's connected region it was painted on (where that mask says the other class)."""
+    made: dict = {}
+    paint, data = bc.paint, bc.TrainData
+
+    def painting(corrections, pred, truth, k, radius_):
+        made["pred"] = pred.copy()
+        return paint(corrections, pred, truth, k, radius_)
+
+    def grown(images, labels, corrections=None, present=None):
+        pred = made.get("pred")
+        if corrections is not None and pred is not None:
+            c = corrections[0].numpy().copy()
+            out = c.copy()
+            for value, other_side in ((FG, ~pred), (BG, pred)):
+                stroke = c == value
+                if not stroke.any():
+                    continue
+                near = ndimage.distance_transform_edt(~stroke) <= radius
+                parts, _ = ndimage.label(other_side)
+                hit = np.unique(parts[stroke & other_side])
+                region = np.isin(parts, hit[hit > 0]) & near
+                out[region & (c == IGNORE)] = value
+            corrections = torch.from_numpy(out)[None]
+        return data(images, labels, corrections, present)
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(_patched(bc, "paint", painting))
+    stack.enter_context(_patched(bc, "TrainData", grown))
+    return stack
+
+
 def _paint_all():
     def everything(corrections, pred, truth, k, radius):
         corrections.copy_(torch.where(torch.from_numpy(truth), FG, BG))
@@ -559,6 +595,8 @@ def _variant(name: str):
         return _focus_wrong(), {}
     if name == "stroke-term":
         return _stroke_term(), {}
+    if name.startswith("grow-"):
+        return _grow(float(name.split("-", 1)[1])), {}
     if name == "paint-all":
         return _paint_all(), {}
     if name == "bf16":
