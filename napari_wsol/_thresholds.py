@@ -24,6 +24,11 @@ def area_text(area: float, mpp: float | None) -> str:
     return f"{area / 1e6:,.3g} mm²" if area < 1e8 else f"{area / 1e6:,.0f} mm²"
 
 
+def difference_name(a: str, b: str) -> str:
+    """The name of the layer showing ``|a - b|``."""
+    return f"|{a} - {b}|"
+
+
 class ThresholdsMixin:
     # ================================================================ disagreement
     def show_disagreement(self) -> None:
@@ -36,13 +41,16 @@ class ThresholdsMixin:
         self._save_session()
 
     def _refresh_disagreement(self) -> None:
-        """The |A - B| layer after a run shows the new maps of A and B."""
+        """The |A - B| layer, where one is shown, after a run: the new maps of A and B."""
+        if not self.session.state.disagreement:
+            return
         a, b = self.session.state.disagreement
-        if self.store is not None and a in self.levels and b in self.levels:
+        shown = difference_name(a, b) in self.viewer.layers
+        if shown and self.store is not None and a in self.levels and b in self.levels:
             self._show_difference(a, b)
 
     def _show_difference(self, a: str, b: str) -> None:
-        name = f"|{a} - {b}|"
+        name = difference_name(a, b)
         grid = self._overlay_place.grid(self.store.scale(0))
         pairs = list(zip(self.levels[a], self.levels[b], strict=True))
         if name in self.viewer.layers:

@@ -867,8 +867,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         for method in names:
             if f"{method} mask" in self.viewer.layers:
                 run(self._mask_layer, method, True)
-        shown = self.session.state.disagreement
-        if shown and f"|{shown[0]} - {shown[1]}|" in self.viewer.layers:
+        if self.session.state.disagreement:
             run(self._refresh_disagreement)
         if levels is not None:
             run(self._update_area)
