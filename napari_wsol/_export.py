@@ -92,6 +92,7 @@ class ExportSessionMixin:
         if path is None:
             return None
         store, target_name = self.store, self.target.value
+        painted = tuple(self._painted)  # the masks as shown, corrections and all
 
         def job():
             # Written on the worker: a whole slide's pyramid takes long enough to freeze
@@ -99,11 +100,11 @@ class ExportSessionMixin:
             yield ("write", 0, 1)
             if what == "mask":
                 if path.suffix.lower() == ".png":
-                    write_mask_png(store, method, path, t, level)
+                    write_mask_png(store, method, path, t, level, painted)
                 else:
-                    write_mask_tiff(store, method, path, t, level)
+                    write_mask_tiff(store, method, path, t, level, painted)
             elif what == "geojson":
-                write_geojson(store, method, path, t, class_name=target_name)
+                write_geojson(store, method, path, t, class_name=target_name, corrections=painted)
             elif what == "heatmap":
                 write_heatmap_tiff(store, method, path, level)
             else:
@@ -206,6 +207,8 @@ class ExportSessionMixin:
         choices = list(self.scope.choices)
         self.scope.value = state.scope if state.scope in choices else choices[0]
         self.dense_crf.value = bool(state.dense_crf)
+        with self.keep_corrections.changed.blocked():
+            self.keep_corrections.value = bool(state.masks_keep_corrections)
         for widget, saved, key in (
             (self.seed_method, state.seeder, "method"),
             (self.bg_fraction, state.seeder, "bg_fraction"),

@@ -15,6 +15,7 @@ from napari_wsol import layers as L
 from napari_wsol.jobs import stream
 from wsol.errors import InputError
 from wsol.region import (
+    PaintedLabels,
     Region,
     analysis_downsample,
     check_editable,
@@ -119,6 +120,7 @@ class LabelsMixin:
         self.session.state.edit_region = edit["region"].to_dict()
         self._saved_corrections = corrections.copy()
         self._save_session()
+        self._masks_follow_corrections()
         if CORRECTIONS_LAYER in self.viewer.layers:
             painted = self.viewer.layers[CORRECTIONS_LAYER]
             self._replace(painted, corrections, grid, meta)
@@ -162,8 +164,13 @@ class LabelsMixin:
             return
         if data.max(initial=0) > 2:
             self.status.value = "Corrections use labels 1 (background) and 2 (foreground) only."
-        self.session.save_labels(self._edit["region"], "corrections", np.minimum(data, 2))
+        region, labels = self._edit["region"], np.minimum(data, 2)
+        path = self.session.save_labels(region, "corrections", labels)
         self._saved_corrections = data.copy()
+        # What was just written, without reading the file back.
+        self._painted_files[path] = (path.stat().st_mtime_ns, PaintedLabels(labels, region))
+        # On a turn of its own: the stroke's frame first, then the masks' refresh.
+        self._later(self._masks_follow_corrections)
 
     def _flip_toggled(self) -> None:
         if CORRECTIONS_LAYER in self.viewer.layers:

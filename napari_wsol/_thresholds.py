@@ -11,7 +11,8 @@ from napari.layers import Image, Labels
 
 from napari_wsol import layers as L
 from napari_wsol.views import DifferenceView, ThresholdView
-from wsol.region import Region
+from wsol.errors import InputError
+from wsol.region import PaintedLabels, Region, apply_painted
 
 
 def area_text(area: float, mpp: float | None) -> str:
@@ -102,7 +103,58 @@ class ThresholdsMixin:
 
     def _threshold_views(self, method: str) -> list[ThresholdView]:
         t = self.session.state.thresholds.get(method, 0.5)
-        return [ThresholdView(level, t) for level in self.levels[method]]
+        views = [
+            ThresholdView(level, t, self.store.scale(k))
+            for k, level in enumerate(self.levels[method])
+        ]
+        for view in views:
+            view.painted = tuple(self._painted)
+        return views
+
+    # ================================================================ corrections on masks
+    def _painted_now(self) -> list[PaintedLabels]:
+        """Every labelled region's saved corrections with a stroke, oldest first, when
+        the masks keep them; each file is read again only once it has changed."""
+        if not self.keep_corrections.value:
+            return []
+        out = []
+        for path, region in self.session.corrections_files():
+            try:
+                stamp = path.stat().st_mtime_ns
+                cached = self._painted_files.get(path)
+                if cached is None or cached[0] != stamp:
+                    labels = self.session.load_labels(region, "corrections")
+                    if labels is None:
+                        continue
+                    cached = (stamp, PaintedLabels(labels, region))
+                    self._painted_files[path] = cached
+            except (InputError, OSError) as exc:
+                self.status.value = f"Masks without these corrections: {exc}"
+                continue
+            if cached[1].any:
+                out.append(cached[1])
+        return out
+
+    def _masks_follow_corrections(self) -> None:
+        """The corrections (or the checkbox) changed: every mask and the area follow."""
+        self._painted = self._painted_now()
+        if self.store is None:
+            return
+        for method in self.levels:
+            name = f"{method} mask"
+            if name not in self.viewer.layers:
+                continue
+            layer = self.viewer.layers[name]
+            for view in L.shown_levels(layer):
+                view.painted = tuple(self._painted)
+            if layer.visible:
+                L.refresh_in_place(layer)
+        self._update_area()
+
+    def _keep_corrections_toggled(self) -> None:
+        self.session.state.masks_keep_corrections = bool(self.keep_corrections.value)
+        self._save_session()
+        self._masks_follow_corrections()
 
     def _new_mask_layer(self, method: str) -> Labels:
         data, multiscale = L.layer_data(self._threshold_views(method))
@@ -193,7 +245,8 @@ class ThresholdsMixin:
         t = self.session.state.thresholds.get(method, 0.5)
         scale = self.store.scale(k)
         inside = self._scope_mask(values.shape, scale)
-        positive = (values >= t) & inside
+        rows, cols = np.arange(values.shape[0]), np.arange(values.shape[1])
+        positive = apply_painted(values >= t, self._painted, scale, rows, cols) & inside
         px_area = scale**2
         mpp = self.store.mpp
         area = float(positive.sum() * px_area * (mpp**2 if mpp else 1))

@@ -88,16 +88,44 @@ class MapLevel(_LazyArray):
 
 
 class ThresholdView(_LazyArray):
-    """``level >= threshold`` as uint8 labels (1 = positive); the threshold is mutable."""
+    """``level >= threshold`` as uint8 labels (1 = positive); the threshold is mutable.
 
-    def __init__(self, level: MapLevel, threshold: float = 0.5) -> None:
+    ``painted`` (the user's corrections, a sequence of :class:`wsol.region.PaintedLabels`,
+    later ones winning) override the threshold where set; ``scale`` is the level's
+    level-0 px per pixel. ``painted`` is mutable too: a new stroke replaces it, then the
+    layer is refreshed.
+    """
+
+    def __init__(self, level: MapLevel, threshold: float = 0.5, scale: float = 1.0) -> None:
         self.level = level
         self.threshold = float(threshold)
+        self.scale = float(scale)
+        self.painted: tuple = ()
         self.shape = level.shape
         self.dtype = np.dtype(np.uint8)
 
     def __getitem__(self, key) -> np.ndarray:
-        return (self.level[key] >= self.threshold).astype(np.uint8)
+        mask = (self.level[key] >= self.threshold).astype(np.uint8)
+        if not self.painted:
+            return mask
+        rows, cols = _axes(key, self.shape)
+        if rows is None:  # an index napari does not use: fall back on the whole level
+            return self[:, :][key]
+        for labels in self.painted:
+            mask = labels.apply(mask, self.scale, rows, cols)
+        return mask
+
+
+def _axes(key, shape: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Row and column indices a 2-D key of slices selects (None, None for other keys)."""
+    if key is Ellipsis:
+        key = (slice(None), slice(None))
+    if not isinstance(key, tuple):
+        key = (key,)
+    if len(key) > 2 or not all(isinstance(k, slice) for k in key):
+        return None, None
+    key = key + (slice(None),) * (2 - len(key))
+    return np.arange(shape[0])[key[0]], np.arange(shape[1])[key[1]]
 
 
 class DifferenceView(_LazyArray):

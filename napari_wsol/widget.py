@@ -160,6 +160,8 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         self._then = None  # a job to start when the current one finishes
         self._tissue_cache: tuple | None = None
         self._masks_coming: set[str] = set()  # mask layers queued to be made
+        self._painted: list = []  # PaintedLabels the masks keep (oldest first)
+        self._painted_files: dict = {}  # path -> (mtime, PaintedLabels): read once each
         self._refresh_turn = -1
         self.levels: dict = {}
         self._turns: deque = deque()  # GUI steps waiting for their own event-loop turn
@@ -260,8 +262,18 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.01, value=0.5)
         self.otsu_button = PushButton(text="Otsu")
         self.area = _label("Compute maps (Inspect tab) to threshold one here.")
+        self.keep_corrections = CheckBox(
+            text="masks keep the corrections (painted pixels win)",
+            value=self.session.state.masks_keep_corrections,
+        )
         threshold = Container(
-            widgets=[self.thr_method, self.threshold, self.otsu_button, self.area]
+            widgets=[
+                self.thr_method,
+                self.threshold,
+                self.otsu_button,
+                self.keep_corrections,
+                self.area,
+            ]
         )
 
         seeder = self.session.state.seeder
@@ -385,6 +397,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         self.thr_method.changed.connect(self._threshold_method_changed)
         self.threshold.changed.connect(self._threshold_moved)
         self.otsu_button.changed.connect(self.otsu)
+        self.keep_corrections.changed.connect(self._keep_corrections_toggled)
         self.pseudo_button.changed.connect(lambda: self.make_pseudo_labels())
         self.flip.changed.connect(self._flip_toggled)
         self.train_button.changed.connect(self.fine_tune)
@@ -847,6 +860,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         """
         run = self._stepper(spread)
         self.store = store
+        self._painted = self._painted_now()
         self._maps_layer = layer
         self._lead = next((m for m in LEAD_METHODS if m in store.methods), store.methods[0])
         self.levels = levels or {m: L.map_levels(store, m) for m in store.methods}

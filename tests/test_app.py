@@ -451,6 +451,68 @@ def test_pseudo_labels_paint_flip_undo_are_saved_as_made(app, qtbot) -> None:
     assert widget.flip_at(-5, -5) is False  # outside: nothing happens
 
 
+def test_masks_keep_the_corrections_on_screen_in_the_area_and_in_exports(
+    app, qtbot, tmp_path: Path
+) -> None:
+    """A pixel painted background leaves the mask and one painted foreground joins it,
+    in the mask layer, its area and the exported files, until the box is unticked."""
+    viewer, widget, _ = app
+    cam = viewer.layers["cam"]  # spread over [0, 1]
+    heat = np.asarray(cam.data[0] if cam.multiscale else cam.data)
+    t = round(float(heat.max()) / 2, 2)
+    assert 0 < (heat >= t).mean() < 1  # both classes in the mask
+    widget.thr_method.value = "cam"
+    widget.threshold.value = t
+    mask = _mask_made(qtbot, viewer, widget, "cam")
+    plain = heat >= t
+    area_before = widget.area.value
+    _, corrections = _labels_of(viewer, widget, qtbot)
+    region, s = widget._edit["region"], widget.store.scale(0)
+
+    def under(i: int, j: int):
+        """The corrections pixels covering map pixel (i, j) of level 0."""
+        r0, c0 = ((i * s - region.y) / region.downsample, (j * s - region.x) / region.downsample)
+        n = s / region.downsample
+        rows, cols = np.mgrid[int(r0) : int(r0 + n), int(c0) : int(c0 + n)]
+        return rows.ravel(), cols.ravel()
+
+    # Map pixels wholly inside the labelled region (it is the view's, not the tile's).
+    i, j = np.mgrid[0 : plain.shape[0], 0 : plain.shape[1]]
+    inside = (i * s >= region.y) & ((i + 1) * s <= region.y + region.h)
+    inside &= (j * s >= region.x) & ((j + 1) * s <= region.x + region.w)
+    pos = tuple(np.argwhere(plain & inside)[0])
+    neg = tuple(np.argwhere(~plain & inside)[-1])
+    corrections.data_setitem(under(*pos), 1)  # background, where the map says lesion
+    corrections.data_setitem(under(*neg), 2)  # foreground, where it says not
+    near = np.zeros_like(plain)  # a stroke may reach the map pixels around it
+    for y, x in (pos, neg):
+        near[y - 1 : y + 2, x - 1 : x + 2] = True
+
+    def level0() -> np.ndarray:
+        return np.asarray(mask.data[0] if mask.multiscale else mask.data) > 0
+
+    qtbot.waitUntil(lambda: not level0()[pos] and level0()[neg], timeout=5000)
+    want = level0()
+    np.testing.assert_array_equal(want[~near], plain[~near])
+    assert widget.area.value != area_before
+    png = widget.export("mask", tmp_path / "kept.png")
+    _wait(qtbot, widget)
+    np.testing.assert_array_equal(np.asarray(Image.open(png)) > 0, want)
+    ome = widget.export("mask", tmp_path / "kept.ome.tif")
+    _wait(qtbot, widget)
+    np.testing.assert_array_equal(tifffile.imread(ome) > 0, want)
+
+    widget.keep_corrections.value = False  # the map's own threshold again
+    np.testing.assert_array_equal(level0(), plain)
+    assert widget.area.value == area_before
+    assert widget.session.state.masks_keep_corrections is False
+    png = widget.export("mask", tmp_path / "plain.png")
+    _wait(qtbot, widget)
+    np.testing.assert_array_equal(np.asarray(Image.open(png)) > 0, plain)
+    widget.keep_corrections.value = True
+    np.testing.assert_array_equal(level0(), want)
+
+
 def test_train_tab_starts_from_the_measured_fine_tune_defaults(viewer) -> None:
     from wsol.session import fine_tune_defaults
 
@@ -515,6 +577,10 @@ def test_fine_tune_adds_a_version_refreshes_overlays_and_reverts(app, qtbot) -> 
     assert all(
         a is b for a, b in zip(L.shown_levels(viewer.layers["fcam"]), levels_before, strict=True)
     )
+    # The mask keeps the painted foreground on top of the new map's threshold.
+    kept = np.asarray(L.shown_levels(mask)[0]) > 0
+    assert (kept >= (fcam_after >= 0.5)).all()
+    widget.keep_corrections.value = False
     np.testing.assert_array_equal(np.asarray(L.shown_levels(mask)[0]), fcam_after >= 0.5)
     # revert to the start model: its maps come back
     widget.version.value = widget.version.choices[0]

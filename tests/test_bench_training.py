@@ -140,3 +140,12 @@ def test_bench_quality_and_corrections_from_the_command_line(
     honoured = data["runs"][0]["regions"][0]["strokes_honoured"]
     assert len(honoured) == 2 and set(honoured[0]) == {"fg", "bg"}
     assert all(v is None or 0.0 <= v <= 1.0 for r in honoured for v in r.values())
+    # The mask the app shows keeps the strokes: it can only agree with the truth more
+    # than the head's mask alone, on every region after every round.
+    assert data["settings"]["honour"] is True
+    for run in data["runs"]:
+        for region in run["regions"]:
+            assert region["dice"][0] == region["model_dice"][0]
+            assert all(d >= m for d, m in zip(region["dice"], region["model_dice"], strict=True))
+    assert data["gain"] == pytest.approx(data["mean_dice"][-1] - data["mean_dice"][0])
+    assert len(data["model_mean_dice"]) == 3

@@ -11,7 +11,14 @@ import torch
 
 import wsol
 from wsol.infer import infer_slide
-from wsol.infer.export import mask_polygons, write_geojson, write_mask_tiff, write_tile_csv
+from wsol.infer.export import (
+    mask_polygons,
+    write_geojson,
+    write_mask_png,
+    write_mask_tiff,
+    write_tile_csv,
+)
+from wsol.region import BACKGROUND, FOREGROUND, PaintedLabels, Region
 from wsol.slide import open_slide
 
 
@@ -107,3 +114,43 @@ def test_tile_csv_lists_every_tile_that_ran(store, tmp_path: Path) -> None:
     i, j = int(first["row"]), int(first["col"])
     assert float(first["p_tumor"]) == pytest.approx(float(probs[i, j, 1]), abs=1e-5)
     assert int(first["x"]) == round(j * store.grid.stride * store.grid.downsample)
+
+
+def test_exported_masks_keep_the_corrections_on_every_level(store, tmp_path: Path) -> None:
+    """Painted pixels override the threshold in the OME-TIFF's levels, the PNG and the
+    GeoJSON; elsewhere the masks are the map's threshold."""
+    from PIL import Image
+
+    s0 = store.scale(0)
+    heat = np.asarray(store.levels("cam")[0][...])
+    # A region covering map pixels [4, 12) x [6, 18) of level 0, two label px per map px.
+    region = Region(int(4 * s0), int(6 * s0), int(8 * s0), int(12 * s0), s0 / 2)
+    labels = np.full(region.shape, FOREGROUND, np.uint8)
+    labels[:, labels.shape[1] // 2 :] = BACKGROUND
+    painted = [PaintedLabels(labels, region)]
+    want = heat >= 0.2
+    want[4:12, 6:12] = True
+    want[4:12, 12:18] = False
+    tif = write_mask_tiff(store, "cam", tmp_path / "m.ome.tif", 0.2, corrections=painted)
+    with tifffile.TiffFile(tif) as fh:
+        levels = [level.asarray() for level in fh.series[0].levels]
+    np.testing.assert_array_equal(levels[0] == 255, want)
+    s1 = store.scale(1) / s0  # level-0 map px per level-1 px
+    # Level-1 pixels wholly inside the foreground half of the region.
+    inside = (
+        slice(int(np.ceil(4 / s1)), int(12 // s1)),
+        slice(int(np.ceil(6 / s1)), int(12 // s1)),
+    )
+    assert levels[1][inside].size and (levels[1][inside] == 255).all()
+    background = (inside[0], slice(int(np.ceil(12 / s1)), int(18 // s1)))
+    assert levels[1][background].size and not levels[1][background].any()
+    png = write_mask_png(store, "cam", tmp_path / "m.png", 0.2, corrections=painted)
+    np.testing.assert_array_equal(np.asarray(Image.open(png)) == 255, want)
+    plain = write_mask_png(store, "cam", tmp_path / "plain.png", 0.2)
+    np.testing.assert_array_equal(np.asarray(Image.open(plain)) == 255, heat >= 0.2)
+    geo = write_geojson(store, "cam", tmp_path / "m.geojson", 0.2, corrections=painted)
+    area = sum(
+        _area(np.array(f["geometry"]["coordinates"][0]))
+        for f in json.loads(geo.read_text())["features"]
+    )
+    assert area == pytest.approx(want.sum() * s0**2, rel=0.1)

@@ -14,11 +14,14 @@ from wsol.region import (
     BACKGROUND,
     FOREGROUND,
     NONE,
+    PaintedLabels,
     Region,
+    apply_painted,
     check_editable,
     clip_region,
     effective_labels,
     flip_component,
+    honour_corrections,
     pseudo_labels,
     resample_labels,
     tiles_in_box,
@@ -110,6 +113,74 @@ def test_labels_carried_to_another_scale_stay_on_the_same_level0_pixels() -> Non
     np.testing.assert_array_equal(same, labels)
     with pytest.raises(InputError, match="do not fit"):
         resample_labels(labels[1:], fine, coarse)
+
+
+def test_a_mask_keeps_the_corrections_painted_on_it() -> None:
+    mask = np.array([[1, 1, 0], [0, 1, 0]], np.uint8)
+    painted = np.array([[BACKGROUND, NONE, FOREGROUND], [NONE, NONE, NONE]], np.uint8)
+    out = honour_corrections(mask, painted)
+    np.testing.assert_array_equal(out, [[0, 1, 1], [0, 1, 0]])
+    assert out.dtype == np.uint8 and mask[0, 0] == 1  # a new array
+    with pytest.raises(ValueError, match="do not match"):
+        honour_corrections(mask, painted[:1])
+
+
+def test_painted_labels_land_on_the_level0_pixels_of_every_map_level() -> None:
+    # Corrections on a region at 2 level-0 px per pixel, starting at level-0 (40, 60).
+    region = Region(40, 60, 64, 96, 2.0)
+    labels = np.zeros(region.shape, np.uint8)
+    labels[4:8, 10:14] = FOREGROUND  # level-0 rows 48..55, cols 80..87
+    labels[20, 30] = BACKGROUND  # level-0 rows 80..81, cols 120..121: thinner than level 2
+    painted = PaintedLabels(labels, region)
+    assert painted.any
+    for scale in (1.0, 2.0, 4.0, 8.0):
+        shape = (int(200 / scale), int(240 / scale))
+        mask = np.ones(shape, bool)
+        mask[:, : int(100 / scale)] = False
+        rows, cols = np.arange(shape[0]), np.arange(shape[1])
+        out = apply_painted(mask, [painted], scale, rows, cols)
+        # Pixel (i, j) of this level covers level-0 [i * scale, (i + 1) * scale).
+        fg = out & ~mask
+        ys, xs = np.nonzero(fg)
+        assert ys.min() * scale <= 48 < (ys.max() + 1) * scale, scale
+        assert xs.min() * scale <= 80 < (xs.max() + 1) * scale, scale
+        bg = ~out & mask
+        ys, xs = np.nonzero(bg)  # the stroke's 2 x 2 level-0 px, even on coarser levels
+        assert len(ys) == max(1, int(2 / scale)) ** 2, scale
+        assert (ys * scale < 82).all() and ((ys + 1) * scale > 80).all()
+        assert (xs * scale < 122).all() and ((xs + 1) * scale > 120).all()
+        np.testing.assert_array_equal(out[~(fg | bg)], mask[~(fg | bg)])  # nothing else
+        # A window of the level gives the same pixels as the whole level.
+        window = apply_painted(mask[5:, 3:], [painted], scale, rows[5:], cols[3:])
+        np.testing.assert_array_equal(window, out[5:, 3:])
+    # Later regions win where they overlap.
+    later = PaintedLabels(np.full(region.shape, BACKGROUND, np.uint8), region)
+    out = apply_painted(np.ones((200, 240), bool), [painted, later], 1.0, range(200), range(240))
+    assert not out[40:104, 60:156].any() and out[:40].all()
+    assert not PaintedLabels(np.zeros(region.shape, np.uint8), region).any
+
+
+def test_a_region_is_found_again_from_its_key() -> None:
+    for region in (Region(0, 0, 64, 96, 2.0), Region(-32, 96, 512, 1024, 1.5), Region(1, 2, 3, 4)):
+        assert Region.from_key(region.key()) == region
+    with pytest.raises(InputError, match="does not name a region"):
+        Region.from_key("y0_x0_h1")
+
+
+def test_the_session_lists_every_region_s_corrections_oldest_first(tmp_path: Path) -> None:
+    import os
+
+    session = Session(tmp_path / "s")
+    a, b = Region(0, 0, 64, 64, 2.0), Region(64, 0, 64, 64, 2.0)
+    labels = np.zeros(a.shape, np.uint8)
+    session.save_labels(b, "corrections", labels)
+    session.save_labels(a, "corrections", labels)
+    session.save_labels(a, "pseudo", labels)
+    (session.folder / "labels" / "notes.corrections.png").write_bytes(b"")  # not a region
+    os.utime(session.labels_path(b, "corrections"), ns=(2_000_000_000, 2_000_000_000))
+    os.utime(session.labels_path(a, "corrections"), ns=(1_000_000_000, 1_000_000_000))
+    assert [r for _, r in session.corrections_files()] == [a, b]
+    assert Session(tmp_path / "empty").corrections_files() == []
 
 
 def test_tiles_in_box_finds_the_overlapping_tiles(synthetic_slide: Path) -> None:

@@ -30,6 +30,7 @@ from wsol.errors import InputError
 from wsol.machine import describe as describe_machine
 from wsol.precision import autocast_dtype, dtype_name
 from wsol.pseudo import BG, FG, IGNORE
+from wsol.region import honour_corrections
 from wsol.session import FINE_TUNE, fine_tune_defaults
 from wsol.train import TrainConfig, TrainData, train
 
@@ -93,6 +94,7 @@ def bench_corrections(
     crop: int = FINE_TUNE["crop"],
     focus: float = TrainConfig.heads_focus,
     precision: str = FINE_TUNE["precision"],
+    honour: bool = True,
     log=print,
 ) -> dict:
     """Dice of each region after each round, and the time of each round.
@@ -131,6 +133,7 @@ def bench_corrections(
         "focus": focus,
         "precision": precision,
         "precision_used": dtype_name(autocast_dtype(base.device, precision)),
+        "honour": honour,
     }
     runs = []
     for seed in range(repeats):
@@ -144,12 +147,17 @@ def bench_corrections(
             )
             results.append(result)
         mean = [statistics.mean(res["dice"][i] for res in results) for i in range(rounds + 1)]
+        model_mean = [
+            statistics.mean(res["model_dice"][i] for res in results) for i in range(rounds + 1)
+        ]
         runs.append(
             {
                 "seed": seed,
                 "regions": results,
                 "mean_dice": mean,
                 "gain": mean[-1] - mean[0],
+                "model_mean_dice": model_mean,
+                "model_gain": model_mean[-1] - model_mean[0],
                 "strokes_honoured": {
                     label: [
                         _mean_defined(res["strokes_honoured"][i][label] for res in results)
@@ -162,6 +170,9 @@ def bench_corrections(
         if repeats > 1:
             log(f"seed {seed}: gain {runs[-1]['gain']:+.1f} points")
     mean = [statistics.mean(run["mean_dice"][i] for run in runs) for i in range(rounds + 1)]
+    model_mean = [
+        statistics.mean(run["model_mean_dice"][i] for run in runs) for i in range(rounds + 1)
+    ]
     all_times = [t for run in runs for res in run["regions"] for t in res["round_seconds"]]
     return {
         "checkpoint": str(checkpoint),
@@ -169,6 +180,9 @@ def bench_corrections(
         "mean_dice": mean,
         "gain": mean[-1] - mean[0],
         "gain_by_seed": [run["gain"] for run in runs],
+        "model_mean_dice": model_mean,
+        "model_gain": model_mean[-1] - model_mean[0],
+        "model_gain_by_seed": [run["model_gain"] for run in runs],
         "strokes_honoured": {
             label: [
                 _mean_defined(run["strokes_honoured"][label][i] for run in runs)
@@ -205,7 +219,7 @@ def _correct_region(
     corrections = torch.full(truth.shape, IGNORE, dtype=torch.long)
     head = settings["heads"][0]
     pred = _predict(model, image, head)
-    scores, times, honoured = [dice(pred, truth)], [], []
+    scores, model_scores, times, honoured = [dice(pred, truth)], [dice(pred, truth)], [], []
     config = TrainConfig(
         steps=settings["steps"],
         batch_size=1,
@@ -226,9 +240,18 @@ def _correct_region(
         train(model, data, "heads", config)
         times.append(time.perf_counter() - start)
         pred = _predict(model, image, head)
-        scores.append(dice(pred, truth))
+        model_scores.append(dice(pred, truth))
         honoured.append(stroke_fit(pred, corrections.numpy()))
-    return {"dice": scores, "round_seconds": times, "strokes_honoured": honoured}
+        if settings["honour"]:
+            # napari's label values are the seed codes plus one (IGNORE -1 -> NONE 0).
+            pred = honour_corrections(pred, corrections.numpy() + 1)
+        scores.append(dice(pred, truth))
+    return {
+        "dice": scores,
+        "model_dice": model_scores,
+        "round_seconds": times,
+        "strokes_honoured": honoured,
+    }
 
 
 def stroke_fit(pred: np.ndarray, corrections: np.ndarray) -> dict[str, float | None]:

@@ -324,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the round runs in on a CPU (default: the app's, auto: bfloat16 where "
         "the CPU has it natively, else float32)",
     )
+    b.add_argument(
+        "--model-mask",
+        action="store_true",
+        help="score (and let the simulated user look at) the head's mask alone, without "
+        "the strokes painted so far on top of it, which the app's masks honour",
+    )
     b.add_argument("--lr", type=float, help="fine-tuning learning rate (default: the app's)")
     b.add_argument("--crop", type=int, help="fine-tuning window side (default: the app's)")
     b.add_argument(
@@ -858,12 +864,17 @@ def _bench_corrections(args: argparse.Namespace) -> int:
         regions=args.regions,
         repeats=args.repeats,
         seed_method=args.seeds,
+        honour=not args.model_mask,
         log=_log,
         **{k: v for k, v in chosen.items() if v is not None},
     )
-    dice = " -> ".join(f"{d:.1f}" for d in report["mean_dice"])
-    by_seed = ", ".join(f"{g:+.1f}" for g in report["gain_by_seed"])
-    print(f"mean Dice by round: {dice} ({report['gain']:+.1f} points; by seed {by_seed})")
+    for what, key in (("mask", ""), ("head's mask alone", "model_")):
+        if what != "mask" and args.model_mask:
+            break
+        dice = " -> ".join(f"{d:.1f}" for d in report[f"{key}mean_dice"])
+        by_seed = ", ".join(f"{g:+.1f}" for g in report[f"{key}gain_by_seed"])
+        gain = report[f"{key}gain"]
+        print(f"mean Dice by round, {what}: {dice} ({gain:+.1f} points; by seed {by_seed})")
     for label, name in (("fg", "foreground"), ("bg", "background")):
         shares = " / ".join(
             "-" if v is None else f"{100 * v:.0f}%" for v in report["strokes_honoured"][label]

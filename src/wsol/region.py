@@ -12,7 +12,8 @@ Label values follow napari's Labels convention and ``TrainData.from_dataset``:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -64,6 +65,15 @@ class Region:
     def key(self) -> str:
         """A file-name-safe identity, e.g. for the corrections of this region."""
         return f"y{self.y}_x{self.x}_h{self.h}_w{self.w}_d{self.downsample:g}"
+
+    @classmethod
+    def from_key(cls, key: str) -> Region:
+        """The region :meth:`key` names (InputError for any other text)."""
+        found = re.fullmatch(r"y(-?\d+)_x(-?\d+)_h(\d+)_w(\d+)_d([0-9.e+-]+)", key)
+        if found is None:
+            raise InputError(f"{key!r} does not name a region (y<Y>_x<X>_h<H>_w<W>_d<D>)")
+        y, x, h, w = (int(v) for v in found.groups()[:4])
+        return cls(y, x, h, w, float(found.group(5)))
 
 
 def analysis_downsample(slide: Slide, model_mpp: float | None) -> float:
@@ -247,6 +257,78 @@ def resample_labels(labels: np.ndarray, src: Region, dst: Region) -> np.ndarray:
     bg, fg = counts
     out = np.where(fg >= bg, FOREGROUND, BACKGROUND)
     return np.where((fg + bg) > 0, out, NONE).astype(np.uint8)
+
+
+def honour_corrections(mask: np.ndarray, corrections: np.ndarray) -> np.ndarray:
+    """A binary mask with the user's corrections on top: painted pixels take their label.
+
+    What the user painted is what they know; a mask they export or measure keeps it
+    even where the fine-tuned heads do not follow a stroke. ``corrections`` holds
+    napari's label values (:data:`BACKGROUND`, :data:`FOREGROUND`, :data:`NONE`) on the
+    mask's grid. Returns a new array of the mask's dtype (1 = positive).
+    """
+    if corrections.shape != mask.shape:
+        raise ValueError(
+            f"corrections {tuple(corrections.shape)} do not match the mask {tuple(mask.shape)}"
+        )
+    out = mask.astype(bool, copy=True)
+    out[corrections == FOREGROUND] = True
+    out[corrections == BACKGROUND] = False
+    return out.astype(mask.dtype, copy=False)
+
+
+def apply_painted(
+    mask: np.ndarray, painted: Sequence[PaintedLabels], scale: float, rows, cols
+) -> np.ndarray:
+    """``mask`` with each region's corrections on top, in order (later ones win)."""
+    for labels in painted:
+        mask = labels.apply(mask, scale, rows, cols)
+    return mask
+
+
+class PaintedLabels:
+    """Corrections painted on a region, laid on the grids of a map's levels.
+
+    A map level of ``scale`` level-0 px per pixel has pixel ``(i, j)`` cover level-0
+    ``[i * scale, (i + 1) * scale)``; :meth:`apply` puts the corrections on a block of
+    such a level. A map pixel larger than a label pixel takes the label painted on most
+    of the painted pixels under it, so a stroke thinner than a map pixel still shows. Each level's share of the corrections (the region's box on it,
+    through :func:`resample_labels`) is computed once, so a mask read many times (a
+    threshold drag) pays one lookup per read.
+    """
+
+    def __init__(self, labels: np.ndarray, region: Region) -> None:
+        if labels.shape != region.shape:
+            raise InputError(f"labels {labels.shape} do not fit the region {region.shape}")
+        self.labels = labels
+        self.region = region
+        self.any = bool((labels != NONE).any())
+        self._grids: dict[float, tuple[int, int, np.ndarray]] = {}
+
+    def on_grid(self, scale: float) -> tuple[int, int, np.ndarray]:
+        """``(row0, col0, labels)``: the region's box on a grid of ``scale`` px per pixel."""
+        if scale not in self._grids:
+            r = self.region
+            r0, c0 = int(np.floor(r.y / scale)), int(np.floor(r.x / scale))
+            r1, c1 = int(np.ceil((r.y + r.h) / scale)), int(np.ceil((r.x + r.w) / scale))
+            dst = Region(r0 * scale, c0 * scale, (r1 - r0) * scale, (c1 - c0) * scale, scale)
+            self._grids[scale] = (r0, c0, resample_labels(self.labels, self.region, dst))
+        return self._grids[scale]
+
+    def apply(self, mask: np.ndarray, scale: float, rows: np.ndarray, cols: np.ndarray):
+        """``mask`` (the level's pixels at ``rows`` x ``cols``) with the corrections on top."""
+        if not self.any:
+            return mask
+        r0, c0, grid = self.on_grid(scale)
+        ri, ci = np.asarray(rows) - r0, np.asarray(cols) - c0
+        rv = np.nonzero((ri >= 0) & (ri < grid.shape[0]))[0]
+        cv = np.nonzero((ci >= 0) & (ci < grid.shape[1]))[0]
+        if not len(rv) or not len(cv):
+            return mask
+        out = mask.copy()
+        block = np.ix_(rv, cv)
+        out[block] = honour_corrections(mask[block], grid[np.ix_(ri[rv], ci[cv])])
+        return out
 
 
 def flip_component(labels: np.ndarray, row: int, col: int) -> tuple[np.ndarray, int] | None:

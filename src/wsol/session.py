@@ -77,6 +77,7 @@ class SessionState:
     store: str | None = None  # relative path of the last run's map store
     run_region: dict | None = None  # level-0 box of the last run
     thresholds: dict[str, float] = field(default_factory=dict)
+    masks_keep_corrections: bool = True  # painted pixels override every mask's threshold
     disagreement: list[str] | None = None
     edit_region: dict | None = None  # the Region pseudo-labels/corrections are on
     seeder: dict = field(
@@ -195,6 +196,18 @@ class Session:
                 tmp, format="PNG", compress_level=1
             )
         return path
+
+    def corrections_files(self) -> list[tuple[Path, Region]]:
+        """Every region's corrections file, oldest first (the latest strokes last)."""
+        found = []
+        for path in (self.folder / "labels").glob("*.corrections.png"):
+            try:
+                region = Region.from_key(path.name.removesuffix(".corrections.png"))
+                stamp = path.stat().st_mtime_ns
+            except (InputError, OSError):
+                continue  # not ours, or gone meanwhile
+            found.append((stamp, path, region))
+        return [(path, region) for _, path, region in sorted(found, key=lambda f: f[:2])]
 
     def load_labels(self, region: Region, kind: str) -> np.ndarray | None:
         path = self.labels_path(region, kind)

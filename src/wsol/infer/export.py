@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from skimage import measure
 from wsol.atomic import atomic_path
 from wsol.errors import InputError
 from wsol.infer.store import MapStore
+from wsol.region import PaintedLabels, apply_painted
 
 #: Longest side of the map level polygons are traced on: bounds memory for any slide.
 GEOJSON_MAX_SIZE = 4096
@@ -27,42 +28,46 @@ def write_mask_tiff(
     path: str | Path,
     threshold: float = 0.5,
     level: int = 0,
+    corrections: Sequence[PaintedLabels] = (),
 ) -> Path:
     """Write ``map >= threshold`` as a tiled pyramidal OME-TIFF (uint8, 255 = positive).
 
     Each pyramid level thresholds the map's own level, from ``level`` (0: the finest)
     down; tiles are streamed from the store, so memory does not depend on the slide's
     size. Pixel size is the map's (the slide's mpp times :meth:`MapStore.scale`) when
-    the slide's mpp is known.
+    the slide's mpp is known. ``corrections`` (painted pixels) override the map where
+    they are set, on every level.
     """
-    return _write_pyramid(
-        store,
-        method,
-        path,
-        level,
-        lambda block: (block >= threshold) * np.uint8(255),
-        np.uint8,
-        f"{method} >= {threshold}",
-    )
+
+    def convert(block, scale, rows, cols):
+        mask = block >= threshold
+        mask = apply_painted(mask, corrections, scale, rows, cols)
+        return mask * np.uint8(255)
+
+    return _write_pyramid(store, method, path, level, convert, np.uint8, f"{method} >= {threshold}")
 
 
 def write_heatmap_tiff(store: MapStore, method: str, path: str | Path, level: int = 0) -> Path:
     """Write the map itself (float32 in [0, 1]) as a tiled pyramidal OME-TIFF."""
     return _write_pyramid(
-        store, method, path, level, lambda block: block.astype(np.float32), np.float32, method
+        store, method, path, level, lambda block, *_: block.astype(np.float32), np.float32, method
     )
 
 
 def write_mask_png(
-    store: MapStore, method: str, path: str | Path, threshold: float = 0.5, level: int = 0
+    store: MapStore,
+    method: str,
+    path: str | Path,
+    threshold: float = 0.5,
+    level: int = 0,
+    corrections: Sequence[PaintedLabels] = (),
 ) -> Path:
     """``map >= threshold`` at one map level as an 8-bit PNG (255 = positive).
 
     A PNG holds the whole level in memory: choose a level that fits (the app offers
-    the coarser ones for large slides).
+    the coarser ones for large slides). ``corrections`` override the map where set.
     """
-    array = _level(store, method, level)
-    mask = (np.asarray(array[...]) >= threshold).astype(np.uint8) * np.uint8(255)
+    mask = _mask(store, method, level, threshold, corrections).astype(np.uint8) * np.uint8(255)
     path = Path(path)
     with atomic_path(path) as tmp:
         Image.fromarray(mask).save(tmp, format="PNG")
@@ -74,6 +79,20 @@ def _level(store: MapStore, method: str, level: int):
     if not 0 <= level < len(levels):
         raise InputError(f"{store.path}: map level {level} out of range 0..{len(levels) - 1}")
     return levels[level]
+
+
+def _mask(
+    store: MapStore,
+    method: str,
+    level: int,
+    threshold: float,
+    corrections: Sequence[PaintedLabels],
+) -> np.ndarray:
+    """One whole map level thresholded, with the corrections on top (bool)."""
+    values = np.asarray(_level(store, method, level)[...])
+    mask = values >= threshold
+    rows, cols = np.arange(mask.shape[0]), np.arange(mask.shape[1])
+    return apply_painted(mask, corrections, store.scale(level), rows, cols)
 
 
 def _write_pyramid(store, method, path, level, convert, dtype, name) -> Path:
@@ -95,7 +114,7 @@ def _write_pyramid(store, method, path, level, convert, dtype, name) -> Path:
                 shape=array.shape,
                 photometric="minisblack",
             )
-            tiles = _tiles(array, convert, dtype)
+            tiles = _tiles(array, convert, dtype, store.scale(level + k))
             if k == 0:
                 tif.write(tiles, subifds=len(levels) - 1, metadata=metadata, **options)
             else:
@@ -103,13 +122,17 @@ def _write_pyramid(store, method, path, level, convert, dtype, name) -> Path:
     return path
 
 
-def _tiles(array, convert, dtype) -> Iterator[np.ndarray]:
+def _tiles(array, convert, dtype, scale: float) -> Iterator[np.ndarray]:
+    """Tiles of ``convert(block, scale, rows, cols)``: the block's pixel indices on a
+    level of ``scale`` level-0 px per pixel."""
     height, width = array.shape
     for y in range(0, height, _TILE):
         for x in range(0, width, _TILE):
             block = np.asarray(array[y : y + _TILE, x : x + _TILE])
+            rows = np.arange(y, y + block.shape[0])
+            cols = np.arange(x, x + block.shape[1])
             tile = np.zeros((_TILE, _TILE), dtype)
-            tile[: block.shape[0], : block.shape[1]] = convert(block)
+            tile[: block.shape[0], : block.shape[1]] = convert(block, scale, rows, cols)
             yield tile
 
 
@@ -159,15 +182,17 @@ def write_geojson(
     threshold: float = 0.5,
     class_name: str | None = None,
     color: tuple[int, int, int] = (230, 60, 60),
+    corrections: Sequence[PaintedLabels] = (),
 ) -> Path:
     """Polygons of ``map >= threshold`` as a GeoJSON FeatureCollection QuPath imports.
 
     Coordinates are level-0 slide pixels (QuPath's image coordinates). Traced on the
-    finest map level no larger than :data:`GEOJSON_MAX_SIZE` per side.
+    finest map level no larger than :data:`GEOJSON_MAX_SIZE` per side. ``corrections``
+    override the map where set.
     """
     levels = store.levels(method)
     k = next((k for k, a in enumerate(levels) if max(a.shape) <= GEOJSON_MAX_SIZE), len(levels) - 1)
-    mask = np.asarray(levels[k][...]) >= threshold
+    mask = _mask(store, method, k, threshold, corrections)
     name = class_name or _explained_class(store)
     features = polygon_features(
         mask,

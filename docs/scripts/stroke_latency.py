@@ -1,0 +1,90 @@
+"""Longest event-loop stall of a brush stroke, with the masks keeping the corrections
+and without.
+
+Run under an X server from the repository root::
+
+    xvfb-run -a .venv/bin/python docs/scripts/stroke_latency.py --strokes 20
+
+The sample slide and model as in pseudo_label_stalls.py: maps of the whole view, the
+F-CAM mask shown, pseudo-labels of the view, zoomed in to paint. Each stroke is what
+napari's brush does on a mouse drag (a staged stroke of ``--points`` dabs, committed on
+release: one undo step and one ``paint`` event), with the recorder running from the
+first dab until 0.3 s after the release, so the stroke's save, the masks' refresh and
+the frames that show them are all in it. Strokes alternate between the "masks keep
+the corrections" box ticked and unticked, each on fresh pixels, so the two are
+measured under the same machine load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+
+import numpy as np
+from gui_timing import GapRecorder, pump
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--strokes", type=int, default=20, help="strokes of each kind")
+    parser.add_argument("--points", type=int, default=12, help="brush dabs per stroke")
+    parser.add_argument("--zoom", type=float, default=3.0)
+    args = parser.parse_args()
+    os.environ.setdefault("WSOL_SESSIONS", tempfile.mkdtemp(prefix="wsol-stroke-"))
+
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_wsol._labels import CORRECTIONS_LAYER
+
+    viewer = napari.Viewer(show=True)
+    viewer.open_sample("napari-wsol", "cmu_small_region")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-wsol", "WSOL")
+    viewer.window.resize(1600, 1000)
+    QApplication.processEvents()
+    viewer.reset_view()
+
+    def wait_job() -> None:
+        while widget.worker is not None:
+            pump(0.001)
+
+    widget.run()
+    wait_job()
+    widget.thr_method.value = "fcam"
+    widget.threshold.value = 0.4
+    pump(2.0)  # the mask layer is made on later turns
+    viewer.camera.zoom *= args.zoom
+    pump(0.3)
+    widget.make_pseudo_labels()
+    wait_job()
+    pump(1.0)
+    layer = viewer.layers[CORRECTIONS_LAYER]
+    h, w = layer.data.shape
+    rng = np.random.default_rng(0)
+    recorder = GapRecorder()
+    stalls: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(2 * args.strokes):
+        keep = i % 2 == 0
+        widget.keep_corrections.value = keep
+        pump(0.3)
+        y0, x0 = rng.integers(16, h - 16), rng.integers(16, w - 16)
+        label = 1 + i % 4 // 2  # background and foreground strokes, both kinds
+        recorder.start()
+        layer._begin_stroke()
+        for k in range(args.points):
+            layer.paint((min(h - 1, y0 + k), min(w - 1, x0 + 2 * k)), label, refresh=True)
+            pump(0.016)  # a mouse move per frame
+        layer._commit_stroke()
+        pump(0.3)
+        stalls[keep].append(round(float(recorder.stop().max()), 1))
+    for keep, name in ((True, "masks keep the corrections"), (False, "masks without them")):
+        values = stalls[keep]
+        print(f"{name}: longest stall per stroke (ms) {values}")
+        print(f"  median {statistics.median(values):.1f}, max {max(values):.1f}")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
