@@ -120,7 +120,7 @@ class LabelsMixin:
         self.session.state.edit_region = edit["region"].to_dict()
         self._saved_corrections = corrections.copy()
         self._save_session()
-        self._masks_follow_corrections()
+        self._later(self._masks_follow_corrections)
         if CORRECTIONS_LAYER in self.viewer.layers:
             painted = self.viewer.layers[CORRECTIONS_LAYER]
             self._replace(painted, corrections, grid, meta)
