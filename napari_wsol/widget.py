@@ -263,8 +263,11 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         self.otsu_button = PushButton(text="Otsu")
         self.area = _label("Compute maps (Inspect tab) to threshold one here.")
         self.keep_corrections = CheckBox(
-            text="masks keep the corrections (painted pixels win)",
+            text="masks keep the corrections",
             value=self.session.state.masks_keep_corrections,
+            tooltip="Pixels painted in the Labels tab are foreground or background in "
+            "every mask, its area and its exports, whatever the threshold says. "
+            "Untick to see a map's own threshold.",
         )
         threshold = Container(
             widgets=[

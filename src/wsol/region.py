@@ -292,9 +292,10 @@ class PaintedLabels:
     A map level of ``scale`` level-0 px per pixel has pixel ``(i, j)`` cover level-0
     ``[i * scale, (i + 1) * scale)``; :meth:`apply` puts the corrections on a block of
     such a level. A map pixel larger than a label pixel takes the label painted on most
-    of the painted pixels under it, so a stroke thinner than a map pixel still shows. Each level's share of the corrections (the region's box on it,
-    through :func:`resample_labels`) is computed once, so a mask read many times (a
-    threshold drag) pays one lookup per read.
+    of the painted pixels under it, so a stroke thinner than a map pixel still shows.
+    Each level's share of the corrections (the region's box on it, through
+    :func:`resample_labels`) is computed once, so a mask read many times (a threshold
+    drag) pays one lookup per read.
     """
 
     def __init__(self, labels: np.ndarray, region: Region) -> None:
