@@ -51,3 +51,22 @@ def test_place_leaves_an_unchanged_grid_alone() -> None:
     assert changes == []
     L.place(layer, {"scale": (4.0, 4.0), "translate": (0.5, 0.5)})
     assert changes == ["scale"] and tuple(layer.scale) == (4.0, 4.0)
+
+
+def test_a_threshold_view_keeps_painted_pixels_for_any_slice_napari_asks() -> None:
+    from wsol.region import BACKGROUND, FOREGROUND, PaintedLabels, Region
+
+    values = np.linspace(0, 1, 64 * 48, dtype=np.float32).reshape(64, 48)
+    level = MapLevel(values)
+    view = ThresholdView(level, 0.5, scale=2.0)
+    labels = np.zeros((32, 24), np.uint8)  # a region at 4 level-0 px a pixel
+    labels[:4, :4] = FOREGROUND  # map rows/cols 0..7: below the threshold
+    labels[-4:, -4:] = BACKGROUND  # map rows 56..63, cols 40..47: above it
+    view.painted = (PaintedLabels(labels, Region(0, 0, 128, 96, 4.0)),)
+    want = (values >= 0.5).astype(np.uint8)
+    want[:8, :8], want[56:, 40:] = 1, 0
+    np.testing.assert_array_equal(np.asarray(view), want)
+    for key in ((slice(3, 60), slice(5, 44)), (slice(None, None, 3), slice(1, None, 2)), 7):
+        np.testing.assert_array_equal(view[key], want[key])
+    view.painted = ()
+    np.testing.assert_array_equal(np.asarray(view), values >= 0.5)

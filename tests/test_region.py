@@ -153,6 +153,10 @@ def test_painted_labels_land_on_the_level0_pixels_of_every_map_level() -> None:
         # A window of the level gives the same pixels as the whole level.
         window = apply_painted(mask[5:, 3:], [painted], scale, rows[5:], cols[3:])
         np.testing.assert_array_equal(window, out[5:, 3:])
+        strided = apply_painted(mask[1::2, ::3], [painted], scale, rows[1::2], cols[::3])
+        np.testing.assert_array_equal(strided, out[1::2, ::3])
+        outside = apply_painted(mask[:2, :2], [painted], scale, rows[:2], cols[:2])
+        np.testing.assert_array_equal(outside, mask[:2, :2])
     # Later regions win where they overlap.
     later = PaintedLabels(np.full(region.shape, BACKGROUND, np.uint8), region)
     out = apply_painted(np.ones((200, 240), bool), [painted, later], 1.0, range(200), range(240))

@@ -307,13 +307,19 @@ class PaintedLabels:
         self._grids: dict[float, tuple[int, int, np.ndarray]] = {}
 
     def on_grid(self, scale: float) -> tuple[int, int, np.ndarray]:
-        """``(row0, col0, labels)``: the region's box on a grid of ``scale`` px per pixel."""
+        """``(row0, col0, labels)``: the painted part of the region on a grid of ``scale``
+        level-0 px per pixel (the bounding box of its strokes, which is usually small)."""
         if scale not in self._grids:
             r = self.region
             r0, c0 = int(np.floor(r.y / scale)), int(np.floor(r.x / scale))
             r1, c1 = int(np.ceil((r.y + r.h) / scale)), int(np.ceil((r.x + r.w) / scale))
             dst = Region(r0 * scale, c0 * scale, (r1 - r0) * scale, (c1 - c0) * scale, scale)
-            self._grids[scale] = (r0, c0, resample_labels(self.labels, self.region, dst))
+            grid = resample_labels(self.labels, self.region, dst)
+            ys, xs = np.nonzero((grid != NONE).any(1))[0], np.nonzero((grid != NONE).any(0))[0]
+            if len(ys):
+                grid = grid[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1]
+                r0, c0 = r0 + int(ys[0]), c0 + int(xs[0])
+            self._grids[scale] = (r0, c0, grid)
         return self._grids[scale]
 
     def apply(self, mask: np.ndarray, scale: float, rows: np.ndarray, cols: np.ndarray):
@@ -321,15 +327,37 @@ class PaintedLabels:
         if not self.any:
             return mask
         r0, c0, grid = self.on_grid(scale)
-        ri, ci = np.asarray(rows) - r0, np.asarray(cols) - c0
-        rv = np.nonzero((ri >= 0) & (ri < grid.shape[0]))[0]
-        cv = np.nonzero((ci >= 0) & (ci < grid.shape[1]))[0]
-        if not len(rv) or not len(cv):
+        span = (
+            _overlap(np.asarray(rows) - r0, grid.shape[0]),
+            _overlap(np.asarray(cols) - c0, grid.shape[1]),
+        )
+        if span[0] is None or span[1] is None:
             return mask
+        (dst_r, src_r), (dst_c, src_c) = span
+        if not (isinstance(dst_r, slice) and isinstance(dst_c, slice)):
+            # Steps or scattered indices: one axis may be a slice, the other an array.
+            dst_r, dst_c = np.ix_(np.arange(mask.shape[0])[dst_r], np.arange(mask.shape[1])[dst_c])
+            src_r, src_c = np.ix_(np.arange(grid.shape[0])[src_r], np.arange(grid.shape[1])[src_c])
         out = mask.copy()
-        block = np.ix_(rv, cv)
-        out[block] = honour_corrections(mask[block], grid[np.ix_(ri[rv], ci[cv])])
+        out[dst_r, dst_c] = honour_corrections(mask[dst_r, dst_c], grid[src_r, src_c])
         return out
+
+
+def _overlap(index: np.ndarray, n: int):
+    """Where the indices ``index`` fall in ``[0, n)``: ``(positions in index, values)``,
+    as slices when ``index`` is a run of consecutive integers (what napari's views ask
+    for), else as index arrays; None when none does."""
+    if not len(index):
+        return None
+    if (np.diff(index) == 1).all():
+        lo, hi = max(0, -int(index[0])), min(len(index), n - int(index[0]))
+        if lo >= hi:
+            return None
+        return slice(lo, hi), slice(int(index[0]) + lo, int(index[0]) + hi)
+    inside = np.nonzero((index >= 0) & (index < n))[0]
+    if not len(inside):
+        return None
+    return inside, index[inside]
 
 
 def flip_component(labels: np.ndarray, row: int, col: int) -> tuple[np.ndarray, int] | None:
