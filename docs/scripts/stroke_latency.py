@@ -12,7 +12,9 @@ release: one undo step and one ``paint`` event), with the recorder running from 
 first dab until 0.3 s after the release, so the stroke's save, the masks' refresh and
 the frames that show them are all in it. Strokes alternate between the "masks keep
 the corrections" box ticked and unticked, each on fresh pixels, so the two are
-measured under the same machine load.
+measured under the same machine load. Then, over the strokes painted, 25 threshold
+moves across 0.2-0.8 each way, twice, timing the widget's work per move
+(``widget.threshold.value = t``: the mask's visible slice, its thumbnail and the area).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import os
 import statistics
 import tempfile
+import time
 
 import numpy as np
 from gui_timing import GapRecorder, pump
@@ -83,6 +86,19 @@ def main() -> None:
         values = stalls[keep]
         print(f"{name}: longest stall per stroke (ms) {values}")
         print(f"  median {statistics.median(values):.1f}, max {max(values):.1f}")
+    for keep in (True, False, True, False):
+        widget.keep_corrections.value = keep
+        pump(0.5)
+        times = []
+        for t in np.linspace(0.2, 0.8, 25):
+            start = time.perf_counter()
+            widget.threshold.value = round(float(t), 2)
+            times.append((time.perf_counter() - start) * 1000)
+            pump(0.05)
+        print(
+            f"threshold move, masks {'keep' if keep else 'without'} the corrections: widget "
+            f"{statistics.median(times):.1f} ms median, {max(times):.1f} max"
+        )
     viewer.close()
 
 
