@@ -291,7 +291,8 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         self.pseudo_button = PushButton(text="Make pseudo-labels")
         self.flip = CheckBox(text="Click to flip a region fg <-> bg", value=False)
         self.labels_info = _label(
-            "Paint on 'corrections': label 2 = foreground, 1 = background, 0 = erase."
+            "Paint on 'corrections': label 2 = foreground, 1 = background, 0 = erase. "
+            "The masks keep what you paint (Threshold tab)."
         )
         labels = Container(
             widgets=[

@@ -26,7 +26,7 @@ import tempfile
 import time
 
 import numpy as np
-from gui_timing import GapRecorder, pump
+from gui_timing import GapRecorder, pump, slide_viewer
 
 
 def main() -> None:
@@ -37,17 +37,11 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("WSOL_SESSIONS", tempfile.mkdtemp(prefix="wsol-stroke-"))
 
-    import napari
-    from qtpy.QtWidgets import QApplication
-
     from napari_wsol._labels import CORRECTIONS_LAYER
 
-    viewer = napari.Viewer(show=True)
-    viewer.open_sample("napari-wsol", "cmu_small_region")
+    viewer, _ = slide_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-wsol", "WSOL")
-    viewer.window.resize(1600, 1000)
-    QApplication.processEvents()
-    viewer.reset_view()
+    pump(0.5)
 
     def wait_job() -> None:
         while widget.worker is not None:
