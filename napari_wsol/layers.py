@@ -72,6 +72,33 @@ def labels_layer(
 TOOL_OVERLAYS = ("polygon", "brush_stroke")
 
 
+def thumbnail_when_hidden(layer) -> None:
+    """Give a hidden map overlay the thumbnail napari would show were it visible.
+
+    napari never slices a hidden layer, so its row in the layer list stays black until
+    its eye is clicked, and a run adds all its overlays but one hidden. napari makes a
+    multiscale image's thumbnail from its coarsest level, shrunk (nearest pixel) to fit
+    and coloured by the layer's contrast limits, gamma, colormap and opacity; this does
+    the same and hands it to the layer's public ``thumbnail`` setter, which pads it and
+    lays it on black as napari's own. Once the layer is shown napari makes its own.
+    """
+    from scipy import ndimage
+
+    if layer.visible:
+        return
+    image = np.asarray(shown_levels(layer)[-1], dtype=np.float32)
+    box = np.asarray(layer.thumbnail.shape[:2])
+    fit = np.clip((box / image.shape).min() * np.asarray(image.shape), 1, box)
+    small = ndimage.zoom(image, tuple(fit / image.shape), prefilter=False, order=0)
+    low, high = layer.contrast_limits
+    small = np.clip(small, low, high)
+    if high != low:
+        small = (small - low) / (high - low)
+    rgba = layer.colormap.map((small**layer.gamma).ravel()).reshape(*small.shape, 4)
+    rgba[..., 3] *= layer.opacity
+    layer.thumbnail = rgba
+
+
 def defer_tool_overlays(layer) -> None:
     """Build the visuals of a Labels layer's polygon and brush-stroke tools when the
     user first picks the tool, not inside napari's add of the layer.

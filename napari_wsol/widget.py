@@ -872,6 +872,9 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         self._overlay_place = L.Placement.of(layer)
         for method in store.methods:
             run(self._show_overlay, method)
+        if levels is not None:  # finished maps: hidden overlays get their thumbnails
+            for method in store.methods:
+                run(self._thumbnail_when_hidden, method)
         names = list(store.methods)
         for combo in (self.thr_method, self.diff_a, self.diff_b):
             current = combo.value
@@ -921,6 +924,10 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         if not overlay.visible:
             self._added_hidden.append(method)
         self._add_layer(overlay)
+
+    def _thumbnail_when_hidden(self, method: str) -> None:
+        if method in self.viewer.layers:
+            L.thumbnail_when_hidden(self.viewer.layers[method])
 
     def _add_layer(self, layer, then=None) -> None:
         """Add a made layer to the viewer, then call ``then(layer)`` on a turn of its own.

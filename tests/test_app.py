@@ -1005,6 +1005,27 @@ def test_overlay_thumbnails_show_the_finished_maps(viewer, qtbot) -> None:
     np.testing.assert_array_equal(cam.thumbnail, made.thumbnail)
 
 
+def test_hidden_overlays_show_their_map_in_the_layer_list(viewer, qtbot) -> None:
+    """A run shows one overlay and adds the others hidden; napari never slices a hidden
+    layer, yet the layer list must show each map, as napari does once it is shown."""
+    viewer.open_sample("napari-wsol", "cmu_small_region")
+    widget = _dock(viewer)
+    viewer.reset_view()
+    widget.methods.value = ["cam", "fcam"]
+    widget.run()
+    _wait(qtbot, widget)
+    qtbot.waitUntil(lambda: not widget._turns, timeout=5000)
+    cam = viewer.layers["cam"]
+    assert not cam.visible and viewer.layers["fcam"].visible
+    hidden = cam.thumbnail.copy()
+    assert hidden[..., :3].max() > 0
+    cam.thumbnail = np.zeros_like(hidden)  # forget ours: black until napari makes its own
+    black = cam.thumbnail.copy()
+    cam.visible = True  # napari slices it and makes its own thumbnail
+    qtbot.waitUntil(lambda: not np.array_equal(cam.thumbnail, black), timeout=5000)
+    np.testing.assert_array_equal(cam.thumbnail, hidden)
+
+
 def test_demo_opens_napari_and_computes_the_view(display, tmp_path: Path) -> None:
     env = dict(os.environ, WSOL_SESSIONS=str(tmp_path))
     start = time.perf_counter()
