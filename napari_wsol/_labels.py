@@ -167,8 +167,9 @@ class LabelsMixin:
         region, labels = self._edit["region"], np.minimum(data, 2)
         path = self.session.save_labels(region, "corrections", labels)
         self._saved_corrections = data.copy()
-        # What was just written, without reading the file back.
-        self._painted_files[path] = (path.stat().st_mtime_ns, PaintedLabels(labels, region))
+        # What was just written, without reading the file back (:meth:`_painted_file`).
+        painted = PaintedLabels(labels, region)
+        self._painted_files[path] = ((path.stat().st_mtime_ns, None), painted, painted)
         # On a turn of its own: the stroke's frame first, then the masks' refresh.
         self._later(self._masks_follow_corrections)
 

@@ -113,27 +113,53 @@ class ThresholdsMixin:
 
     # ================================================================ corrections on masks
     def _painted_now(self) -> list[PaintedLabels]:
-        """Every labelled region's saved corrections with a stroke, oldest first, when
-        the masks keep them; each file is read again only once it has changed."""
+        """Every labelled region's saved corrections with a stroke, when the masks keep
+        them; each file is read again only once it has changed.
+
+        The region being edited comes last and owns its box: there the masks keep what
+        its corrections layer shows, and nothing painted on another region (an
+        overlapping one, or the same tissue at another pixel size) that the user could
+        not see or erase. Other regions follow the order their files were written in.
+        """
         if not self.keep_corrections.value:
             return []
-        out = []
+        edit = self._edit["region"] if self._edit is not None else None
+        # Files are told apart by path: a region read back from a file name has its
+        # downsample rounded, so it need not equal the edited Region object.
+        edit_path = self.session.labels_path(edit, "corrections") if edit else None
+        others, own = [], None
         for path, region in self.session.corrections_files():
+            mine = path == edit_path
             try:
-                stamp = path.stat().st_mtime_ns
-                cached = self._painted_files.get(path)
-                if cached is None or cached[0] != stamp:
-                    labels = self.session.load_labels(region, "corrections")
-                    if labels is None:
-                        continue
-                    cached = (stamp, PaintedLabels(labels, region))
-                    self._painted_files[path] = cached
+                painted = self._painted_file(path, region, None if mine else edit)
             except (InputError, OSError) as exc:
                 self.status.value = f"Masks without these corrections: {exc}"
                 continue
-            if cached[1].any:
-                out.append(cached[1])
-        return out
+            if painted is None:
+                continue
+            if mine:
+                own = painted
+            elif painted.any:
+                others.append(painted)
+        return others + ([own] if own is not None and own.any else [])
+
+    def _painted_file(self, path, region: Region, outside: Region | None):
+        """The corrections of one file, without those in the box ``outside`` (if any)."""
+        stamp = path.stat().st_mtime_ns
+        key = (stamp, outside)
+        cached = self._painted_files.get(path)
+        if cached is None or cached[0] != key:
+            if cached is not None and cached[0][0] == stamp:
+                whole = cached[2]
+            else:
+                labels = self.session.load_labels(region, "corrections")
+                if labels is None:
+                    return None
+                whole = PaintedLabels(labels, region)
+            shown = whole if key[1] is None else whole.outside(key[1])
+            cached = (key, shown, whole)
+            self._painted_files[path] = cached
+        return cached[1]
 
     def _masks_follow_corrections(self) -> None:
         """The corrections (or the checkbox) changed: every mask and the area follow."""

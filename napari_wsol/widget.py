@@ -161,7 +161,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         self._tissue_cache: tuple | None = None
         self._masks_coming: set[str] = set()  # mask layers queued to be made
         self._painted: list = []  # PaintedLabels the masks keep (oldest first)
-        self._painted_files: dict = {}  # path -> (mtime, PaintedLabels): read once each
+        self._painted_files: dict = {}  # path -> corrections read once (_painted_file)
         self._refresh_turn = -1
         self.levels: dict = {}
         self._turns: deque = deque()  # GUI steps waiting for their own event-loop turn

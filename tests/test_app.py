@@ -512,6 +512,23 @@ def test_masks_keep_the_corrections_on_screen_in_the_area_and_in_exports(
     widget.keep_corrections.value = True
     np.testing.assert_array_equal(level0(), want)
 
+    # A region labelled earlier that overlaps this one: its strokes reach the masks
+    # outside the box being edited, not inside it, where the masks keep what the
+    # corrections layer shows (here, the same tissue at another pixel size).
+    from wsol.region import Region
+
+    other = Region(region.y, region.x + region.w // 2, region.h, region.w, region.downsample / 2)
+    widget.session.save_labels(other, "corrections", np.full(other.shape, 2, np.uint8))
+    widget._masks_follow_corrections()
+    now = level0()
+    j = np.arange(now.shape[1])
+    rows = slice(0, int((region.y + region.h) // s))
+    inside = (j * s >= other.x + s) & ((j + 1) * s <= region.x + region.w - s)
+    beyond = j * s >= region.x + region.w + s
+    assert inside.any() and beyond.any()
+    np.testing.assert_array_equal(now[rows][:, inside], want[rows][:, inside])
+    assert now[rows][:, beyond].all()
+
 
 def test_train_tab_starts_from_the_measured_fine_tune_defaults(viewer) -> None:
     from wsol.session import fine_tune_defaults

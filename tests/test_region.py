@@ -164,6 +164,17 @@ def test_painted_labels_land_on_the_level0_pixels_of_every_map_level() -> None:
     assert not PaintedLabels(np.zeros(region.shape, np.uint8), region).any
 
 
+def test_painted_labels_leave_a_box_another_region_owns() -> None:
+    region = Region(0, 0, 64, 64, 2.0)  # 32 x 32 labels
+    labels = np.full(region.shape, FOREGROUND, np.uint8)
+    painted = PaintedLabels(labels, region)
+    left = painted.outside(Region(0, 0, 64, 32, 1.0))  # the left half, level-0 x < 32
+    assert (left.labels[:, :16] == NONE).all() and (left.labels[:, 16:] == FOREGROUND).all()
+    assert (painted.labels == FOREGROUND).all()  # a new object; this one is unchanged
+    assert painted.outside(Region(100, 100, 10, 10)) is painted  # no overlap
+    assert not painted.outside(Region(-8, -8, 80, 80)).any
+
+
 def test_a_region_is_found_again_from_its_key() -> None:
     for region in (Region(0, 0, 64, 96, 2.0), Region(-32, 96, 512, 1024, 1.5), Region(1, 2, 3, 4)):
         assert Region.from_key(region.key()) == region

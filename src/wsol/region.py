@@ -306,6 +306,21 @@ class PaintedLabels:
         self.any = bool((labels != NONE).any())
         self._grids: dict[float, tuple[int, int, np.ndarray]] = {}
 
+    def outside(self, box: Region) -> PaintedLabels:
+        """These corrections without the pixels whose centres lie in ``box`` (a level-0
+        box): where another region is being edited, what shows there is its own."""
+        r = self.region
+        (h, w) = self.labels.shape
+        ys = r.y + (np.arange(h) + 0.5) * r.h / h
+        xs = r.x + (np.arange(w) + 0.5) * r.w / w
+        rows = (ys >= box.y) & (ys < box.y + box.h)
+        cols = (xs >= box.x) & (xs < box.x + box.w)
+        if not rows.any() or not cols.any():
+            return self
+        labels = self.labels.copy()
+        labels[np.ix_(rows, cols)] = NONE
+        return PaintedLabels(labels, r)
+
     def on_grid(self, scale: float) -> tuple[int, int, np.ndarray]:
         """``(row0, col0, labels)``: the painted part of the region on a grid of ``scale``
         level-0 px per pixel (the bounding box of its strokes, which is usually small)."""
