@@ -193,6 +193,8 @@ class ExportSessionMixin:
             self.status.value = "Error: the session has no slide file; open its image first."
             return
         self.session = session
+        # The labelled region was the old session's: its strokes are not this one's.
+        self._edit, self._saved_corrections = None, None
         if layer is not None:
             self.image.value = layer
         layer = self._source()
