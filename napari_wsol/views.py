@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from wsol.region import apply_painted
+
 #: Levels up to this many pixels are kept in memory once read (float16: 32 MB each).
 CACHE_PIXELS = 4096 * 4096
 
@@ -111,9 +113,7 @@ class ThresholdView(_LazyArray):
         rows, cols = _axes(key, self.shape)
         if rows is None:  # an index napari does not use: fall back on the whole level
             return self[:, :][key]
-        for labels in self.painted:
-            mask = labels.apply(mask, self.scale, rows, cols)
-        return mask
+        return apply_painted(mask, self.painted, self.scale, rows, cols)
 
 
 def _axes(key, shape: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
