@@ -402,6 +402,7 @@ def test_a_jobs_new_layers_leave_the_active_layer_to_the_user(app, qtbot) -> Non
     assert viewer.layers.selection.active is cam
     _, corrections = _labels_of(viewer, widget, qtbot)
     assert viewer.layers.selection.active is corrections
+    qtbot.waitUntil(lambda: corrections.mode == "paint", timeout=5000)  # ready to paint
 
 
 def test_pseudo_labels_reach_the_edges_of_an_image_in_view(app, qtbot) -> None:
