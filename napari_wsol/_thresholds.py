@@ -11,7 +11,6 @@ from napari.layers import Image, Labels
 
 from napari_wsol import layers as L
 from napari_wsol.views import DifferenceView, ThresholdView
-from wsol.errors import InputError
 from wsol.region import PaintedLabels, Region, apply_painted
 
 
@@ -113,35 +112,18 @@ class ThresholdsMixin:
 
     # ================================================================ corrections on masks
     def _painted_now(self) -> list[PaintedLabels]:
-        """Every labelled region's saved corrections with a stroke, when the masks keep
-        them; each file is read again only once it has changed.
-
-        The region being edited comes last and owns its box: there the masks keep what
-        its corrections layer shows, and nothing painted on another region (an
-        overlapping one, or the same tissue at another pixel size) that the user could
-        not see or erase. Other regions follow the order their files were written in.
+        """Every labelled region's saved corrections with a stroke, in the order the masks
+        lay them (:meth:`wsol.session.Session.painted`: the edited region last, owning its
+        box), when the masks keep them; each file is read again only once it has changed.
         """
         if not self.keep_corrections.value:
             return []
         edit = self._edit["region"] if self._edit is not None else None
-        # Files are told apart by path: a region read back from a file name has its
-        # downsample rounded, so it need not equal the edited Region object.
-        edit_path = self.session.labels_path(edit, "corrections") if edit else None
-        others, own = [], None
-        for path, region in self.session.corrections_files():
-            mine = path == edit_path
-            try:
-                painted = self._painted_file(path, region, None if mine else edit)
-            except (InputError, OSError) as exc:
-                self.status.value = f"Masks without these corrections: {exc}"
-                continue
-            if painted is None:
-                continue
-            if mine:
-                own = painted
-            elif painted.any:
-                others.append(painted)
-        return others + ([own] if own is not None and own.any else [])
+
+        def report(exc: Exception) -> None:
+            self.status.value = f"Masks without these corrections: {exc}"
+
+        return self.session.painted(edit, read=self._painted_file, on_error=report)
 
     def _painted_file(self, path, region: Region, outside: Region | None):
         """The corrections of one file, without those in the box ``outside`` (if any)."""

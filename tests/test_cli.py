@@ -286,6 +286,72 @@ def test_predict_reports_a_bad_slide_and_still_does_the_others(
     assert (tmp_path / "out" / "he_tile.tiles.csv").exists()
 
 
+def test_predict_from_a_session_keeps_its_thresholds_and_corrections(
+    tmp_path: Path, checkpoint: Path, capsys
+) -> None:
+    """What the app's masks show is what ``wsol predict --session`` writes: the session's
+    model, methods and per-method thresholds, and the strokes painted over them."""
+    from wsol.region import BACKGROUND, FOREGROUND, Region
+    from wsol.session import Session, SessionState
+
+    png = sample_path("he_tile")  # 512 x 512; the model runs it at level 0
+    state = SessionState(
+        slide=str(png),
+        base_model=str(checkpoint),
+        methods=["cam", "gradcam"],
+        thresholds={"cam": 0.999, "gradcam": 0.0},  # almost nothing / everything positive
+    )
+    session = Session(tmp_path / "session", state)
+    region = Region(0, 0, 256, 256, 1.0)
+    labels = np.zeros(region.shape, np.uint8)
+    labels[32:96, 32:96] = FOREGROUND
+    labels[160:224, 160:224] = BACKGROUND
+    session.save_labels(region, "corrections", labels)
+    state.edit_region = region.to_dict()
+    session.save()
+
+    def masks(out: Path) -> dict[str, np.ndarray]:
+        return {m: tifffile.imread(out / f"he_tile.{m}.mask.ome.tif") for m in ("cam", "gradcam")}
+
+    args = ["predict", "--session", str(session.folder), "--out"]
+    assert main([*args, str(tmp_path / "kept")]) == 0
+    out = capsys.readouterr().out
+    assert "v000 (start: model.safetensors)" in out and "1 painted region(s) kept" in out
+    kept = masks(tmp_path / "kept")
+    fg, bg = np.s_[8:24, 8:24], np.s_[40:56, 40:56]  # the strokes at 4 px per map pixel
+    for mask in kept.values():
+        assert (mask[fg] == 255).all() and (mask[bg] == 0).all()
+    assert (np.delete(kept["gradcam"], np.s_[40:56], 0) == 255).all()  # threshold 0
+    assert (kept["cam"] == 255).mean() < 0.2  # threshold 0.999 leaves the strokes
+    features = json.loads((tmp_path / "kept" / "he_tile.cam.geojson").read_text())["features"]
+    assert {f["properties"]["threshold"] for f in features} == {0.999}
+    assert any(  # the painted square is a polygon, in level-0 pixels
+        np.array(f["geometry"]["coordinates"][0]).min(0).tolist() == [32, 32] for f in features
+    )
+
+    assert main([*args, str(tmp_path / "plain"), "--no-corrections"]) == 0
+    assert "corrections not kept" in capsys.readouterr().out
+    plain = masks(tmp_path / "plain")
+    assert (plain["gradcam"] == 255).all() and not (plain["cam"][fg] == 255).all()
+
+    # --threshold overrides every method's; the session's slide may be named (moved).
+    assert main([*args, str(tmp_path / "t"), "--threshold", "1.0", str(png)]) == 0
+    geojson = json.loads((tmp_path / "t" / "he_tile.gradcam.geojson").read_text())
+    assert {f["properties"]["threshold"] for f in geojson["features"]} == {1.0}
+
+    # Another slide, or a session without a model, is refused with the reason.
+    other = tmp_path / "other.png"
+    shutil.copy(png, other)
+    assert main([*args, str(tmp_path / "x"), str(other)]) == 2
+    assert "belong to its slide he_tile.png" in capsys.readouterr().err
+    state.base_model = None
+    session.save()
+    assert main([*args, str(tmp_path / "x")]) == 2
+    assert "untrained; give --checkpoint" in capsys.readouterr().err
+    assert main(["predict", "--out", str(tmp_path / "x"), str(png)]) == 2
+    assert "--checkpoint is required without --session" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("name", "level"), [("cmu-1-small-region.svs", 0), ("tcga-cr-7395-01a-01-ts1.svs", 1)]
 )

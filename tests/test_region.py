@@ -198,6 +198,44 @@ def test_the_session_lists_every_region_s_corrections_oldest_first(tmp_path: Pat
     assert Session(tmp_path / "empty").corrections_files() == []
 
 
+def test_the_session_lays_the_edited_region_last_and_names_a_bad_file(tmp_path: Path) -> None:
+    import os
+
+    session = Session(tmp_path / "s")
+    edit, other = Region(0, 0, 64, 64, 1.0), Region(32, 0, 64, 64, 1.0)  # overlap: y 32..64
+    session.save_labels(edit, "corrections", np.full(edit.shape, BACKGROUND, np.uint8))
+    session.save_labels(other, "corrections", np.full(other.shape, FOREGROUND, np.uint8))
+    empty = Region(500, 500, 8, 8, 1.0)
+    session.save_labels(empty, "corrections", np.zeros(empty.shape, np.uint8))
+    for stamp, region in enumerate((other, edit, empty)):  # the edited file is not the newest
+        path = session.labels_path(region, "corrections")
+        os.utime(path, ns=((stamp + 1) * 10**9,) * 2)
+    mask = np.zeros((96, 64), bool)
+    rows, cols = np.arange(96), np.arange(64)
+
+    def laid(painted):
+        return apply_painted(mask, painted, 1.0, rows, cols)
+
+    # Files in the order written: the edited one then wins over the other one's overlap.
+    plain = session.painted()
+    assert [p.region for p in plain] == [other, edit]  # the empty file lays nothing
+    assert not laid(plain)[:64].any() and laid(plain)[64:].all()
+    # The edited region comes last and owns its box: the other one's strokes inside it go.
+    owned = session.painted(edit)
+    assert [p.region for p in owned] == [other, edit]
+    assert not laid(owned)[:64].any() and laid(owned)[64:].all()
+    session.state.edit_region = other.to_dict()
+    owned = session.painted(session.edit_region())
+    assert [p.region for p in owned] == [edit, other]
+    assert not laid(owned)[:32].any() and laid(owned)[32:].all()
+    session.labels_path(edit, "corrections").write_bytes(b"not a png")
+    with pytest.raises(InputError, match=r"y0_x0_h64_w64_d1\.corrections\.png"):
+        session.painted()
+    errors = []
+    assert [p.region for p in session.painted(on_error=errors.append)] == [other]
+    assert len(errors) == 1
+
+
 def test_tiles_in_box_finds_the_overlapping_tiles(synthetic_slide: Path) -> None:
     from wsol.infer import make_grid
     from wsol.slide import open_slide

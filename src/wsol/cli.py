@@ -94,11 +94,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict", help="tiled inference over whole slides: heatmaps, masks, GeoJSON, tile CSV"
     )
-    p.add_argument("slides", type=Path, nargs="+", metavar="SLIDE")
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--methods", type=_methods, default="cam,gradcam")
+    p.add_argument(
+        "slides", type=Path, nargs="*", metavar="SLIDE", help="slides (with --session: its own)"
+    )
+    p.add_argument(
+        "--session",
+        type=Path,
+        help="an app session folder: its slide, current model version, methods, target, "
+        "thresholds and corrections (any option given here wins)",
+    )
+    p.add_argument(
+        "--checkpoint", type=Path, help="model (required without --session; with it: its current)"
+    )
+    p.add_argument(
+        "--methods", type=_methods, help="comma-separated methods or 'all' (default: cam,gradcam)"
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--threshold", type=float, default=0.5, help="mask threshold on the maps")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="one mask threshold for every map (default: 0.5, or the session's own per method)",
+    )
+    p.add_argument(
+        "--no-corrections",
+        action="store_true",
+        help="with --session: masks without the painted corrections",
+    )
     p.add_argument("--target", help="class to explain (default: the positive class)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--mpp", type=float, help="microns per pixel the model sees")
@@ -511,10 +532,19 @@ def _predict(args: argparse.Namespace) -> int:
     from wsol.checkpoint import load_model
     from wsol.predict import predict_slide
 
-    if not 0 <= args.threshold <= 1:
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise InputError(f"--threshold {args.threshold}: must be in [0, 1]")
     if args.slide_mpp is not None and not args.slide_mpp > 0:
         raise InputError(f"--slide-mpp {args.slide_mpp}: must be a positive µm per pixel")
+    thresholds, corrections = ({}, [])
+    if args.session is not None:
+        thresholds, corrections = _predict_from_session(args)
+    if not args.slides:
+        raise InputError("no slide given (name one or more, or give --session)")
+    if args.checkpoint is None:
+        raise InputError("--checkpoint is required without --session")
+    if args.threshold is not None:
+        thresholds = {}
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.checkpoint).to(device)
     target = _target(args.target, model.config.class_names)
@@ -527,8 +557,10 @@ def _predict(args: argparse.Namespace) -> int:
                 model,
                 path,
                 args.out,
-                args.methods,
-                threshold=args.threshold,
+                args.methods or ["cam", "gradcam"],
+                threshold=0.5 if args.threshold is None else args.threshold,
+                thresholds=thresholds,
+                corrections=corrections,
                 target=target,
                 mpp=args.mpp,
                 level=args.level,
@@ -568,6 +600,52 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"wsol predict: {len(failed)} of {len(args.slides)} slide(s) failed", file=sys.stderr)
         return EXIT_INPUT
     return 0
+
+
+def _predict_from_session(args: argparse.Namespace) -> tuple[dict[str, float], list]:
+    """Fill what ``wsol predict`` was not told from the session folder ``args.session``.
+
+    Returns the session's per-method thresholds and the corrections its masks keep (in
+    its slide's level-0 pixels, so they are only laid on that slide).
+    """
+    from wsol.session import Session
+
+    session = Session.load(args.session)
+    state = session.state
+    recorded = Path(state.slide) if state.slide else None
+    if not args.slides:
+        if recorded is None:
+            raise InputError(f"{args.session}: the session records no slide; name the slide")
+        args.slides = [recorded]
+    elif len(args.slides) > 1 or (recorded is not None and args.slides[0].name != recorded.name):
+        raise InputError(
+            f"{args.session}: its corrections and thresholds belong to its slide "
+            f"{recorded.name if recorded else '(none recorded)'}; give that slide alone "
+            "(moved is fine) or leave --session out"
+        )
+    if args.checkpoint is None:
+        args.checkpoint = session.model_path()
+        if args.checkpoint is None:
+            raise InputError(
+                f"{args.session}: the session's current model is untrained; give --checkpoint"
+            )
+    if args.methods is None:
+        args.methods = _methods(",".join(state.methods))
+    if args.target is None:
+        args.target = state.target
+    if args.slide_mpp is None:
+        args.slide_mpp = state.slide_mpp
+    args.dense_crf = args.dense_crf or state.dense_crf
+    corrections = []
+    if args.no_corrections or not state.masks_keep_corrections:
+        why = "" if args.no_corrections else " (the session's masks do not keep them)"
+        kept = f"not kept{why}"
+    else:
+        corrections = session.painted(session.edit_region())
+        kept = f"{len(corrections)} painted region(s) kept in the masks"
+    names = session.version_names()
+    print(f"session {args.session}: model {names[state.current]}, corrections {kept}")
+    return dict(state.thresholds), corrections
 
 
 def _pixel_size_note(prediction, given: float | None, model_mpp: float | None) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wsol.infer import InferenceResult, infer_slide
 from wsol.infer.export import write_geojson, write_mask_tiff, write_tile_csv
 from wsol.model import WSOLModel
+from wsol.region import PaintedLabels
 from wsol.slide import open_slide, slide_stem
 
 
@@ -20,6 +21,7 @@ class Prediction:
     geojson: dict[str, Path] = field(default_factory=dict)
     csv: Path | None = None
     result: InferenceResult | None = None
+    thresholds: dict[str, float] = field(default_factory=dict)  # each mask's threshold
     slide_mpp: float | None = None  # the slide's µm/px the run used (None: unknown)
     mpp_recorded: bool = False  # ``slide_mpp`` is the file's own, not one given
 
@@ -34,6 +36,8 @@ def predict_slide(
     methods: Sequence[str],
     *,
     threshold: float = 0.5,
+    thresholds: Mapping[str, float] | None = None,
+    corrections: Sequence[PaintedLabels] = (),
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     slide_mpp: float | None = None,
@@ -44,6 +48,9 @@ def predict_slide(
     Writes into ``out_dir``: ``<stem>.zarr`` (heatmaps, tile scores), per method
     ``<stem>.<method>.mask.ome.tif`` (``map >= threshold``, pyramidal) and
     ``<stem>.<method>.geojson`` (QuPath annotations), and ``<stem>.tiles.csv``.
+    ``thresholds`` gives some methods their own threshold; ``corrections`` (painted
+    labels in this slide's level-0 pixels, e.g. :meth:`wsol.session.Session.painted`)
+    override every mask and polygon where they are set, as they do in the app.
     Exports are written only when the run completes (not when cancelled).
     ``slide_mpp`` is the slide's pixel size (µm) where its file records none; a
     recorded one is used as it is.
@@ -70,11 +77,17 @@ def predict_slide(
     if result.cancelled:
         return prediction
     for method in result.store.methods:
+        t = (thresholds or {}).get(method, threshold)
+        prediction.thresholds[method] = t
         prediction.masks[method] = write_mask_tiff(
-            result.store, method, out_dir / f"{stem}.{method}.mask.ome.tif", threshold
+            result.store,
+            method,
+            out_dir / f"{stem}.{method}.mask.ome.tif",
+            t,
+            corrections=corrections,
         )
         prediction.geojson[method] = write_geojson(
-            result.store, method, out_dir / f"{stem}.{method}.geojson", threshold
+            result.store, method, out_dir / f"{stem}.{method}.geojson", t, corrections=corrections
         )
     prediction.csv = write_tile_csv(result.store, out_dir / f"{stem}.tiles.csv")
     return prediction

@@ -29,7 +29,7 @@ from PIL import Image
 from wsol.atomic import atomic_path
 from wsol.errors import InputError
 from wsol.precision import autocast_dtype
-from wsol.region import Region
+from wsol.region import PaintedLabels, Region
 
 # "Fine-tune heads" defaults, as `wsol bench corrections` measured them
 # (docs/BENCHMARKS.md): 192-px windows at lr 1.5e-4, each head held to its earlier map
@@ -208,6 +208,56 @@ class Session:
                 continue  # not ours, or gone meanwhile
             found.append((stamp, path, region))
         return [(path, region) for _, path, region in sorted(found, key=lambda f: f[:2])]
+
+    def edit_region(self) -> Region | None:
+        """The region whose pseudo-labels and corrections the app shows (None: none)."""
+        return None if not self.state.edit_region else Region.from_dict(self.state.edit_region)
+
+    def painted(
+        self,
+        edit: Region | None = None,
+        read: Callable[[Path, Region, Region | None], PaintedLabels | None] | None = None,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> list[PaintedLabels]:
+        """Every region's corrections that hold a stroke, in the order masks lay them.
+
+        Regions follow the order their files were written in (later strokes win), and
+        the edited region ``edit`` comes last and owns its box: there a mask keeps what
+        its corrections layer shows, not what was painted on another region (an
+        overlapping one, or the same tissue at another pixel size) that the user could
+        not see or erase. ``read(path, region, outside)`` returns one file's
+        :class:`PaintedLabels` without the pixels in the box ``outside`` (the app passes
+        a cached reader). A file that cannot be read raises :class:`InputError` naming
+        it, or goes to ``on_error`` and is left out.
+        """
+        read = read or self._read_painted
+        # Files are told apart by path: a region read back from a file name has its
+        # downsample rounded, so it need not equal ``edit``.
+        edit_path = self.labels_path(edit, "corrections") if edit else None
+        others, own = [], None
+        for path, region in self.corrections_files():
+            mine = path == edit_path
+            try:
+                painted = read(path, region, None if mine else edit)
+            except (InputError, OSError) as exc:
+                if on_error is None:
+                    raise InputError(f"{path}: unreadable corrections ({exc})") from exc
+                on_error(exc)
+                continue
+            if painted is None or not painted.any:
+                continue
+            if mine:
+                own = painted
+            else:
+                others.append(painted)
+        return others + ([own] if own is not None else [])
+
+    def _read_painted(self, path: Path, region: Region, outside: Region | None):
+        labels = self.load_labels(region, "corrections")
+        if labels is None:
+            return None
+        painted = PaintedLabels(labels, region)
+        return painted if outside is None else painted.outside(outside)
 
     def load_labels(self, region: Region, kind: str) -> np.ndarray | None:
         path = self.labels_path(region, kind)
