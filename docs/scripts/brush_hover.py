@@ -1,0 +1,110 @@
+"""Longest event-loop stall while the pointer glides over the canvas, by what is shown.
+
+Run under an X server from the repository root, with xdotool installed
+(``apt-get install xdotool``)::
+
+    xvfb-run -a .venv/bin/python docs/scripts/brush_hover.py --glides 4
+
+The pointer is moved by xdotool in another process (30 moves, 8 ms apart, across the
+canvas), so Qt receives and compresses real X events as it does a mouse's. Zoomed in
+3x on the sample slide (where napari draws the brush as a circle on the canvas, which
+it redraws at every pointer move), it records the longest gap of a 5 ms timer during
+each glide, in four states:
+
+1. the slide alone, the slide active;
+2. the slide and an empty napari Labels layer in paint mode (napari's brush, no
+   napari-wsol layer);
+3. the app's layers after its maps, the F-CAM mask and pseudo-labels of the view (the
+   app's defaults: the slide, fcam, fcam mask, pseudo-labels and corrections shown), the
+   corrections layer in paint mode, as the pseudo-label job leaves it (3a: the first
+   glide after the job, the first time napari's brush circle is drawn in the process);
+4. the same with the corrections layer in pan/zoom mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+
+import numpy as np
+from gui_timing import GapRecorder, pump, slide_viewer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--glides", type=int, default=4, help="glides per state")
+    args = parser.parse_args()
+    if shutil.which("xdotool") is None:
+        raise SystemExit("brush_hover.py needs xdotool (apt-get install xdotool)")
+    os.environ.setdefault("WSOL_SESSIONS", tempfile.mkdtemp(prefix="wsol-hover-"))
+
+    from napari_wsol._labels import CORRECTIONS_LAYER
+
+    viewer, image = slide_viewer()
+    canvas = viewer.window._qt_viewer.canvas.native  # the QOpenGLWidget napari draws in
+    recorder = GapRecorder()
+
+    def glide(state: str, count: int | None = None) -> None:
+        stalls = []
+        for k in range(count or args.glides):
+            corner = canvas.mapToGlobal(canvas.rect().topLeft())
+            x0, y0 = corner.x(), corner.y()
+            subprocess.run(["xdotool", "mousemove", str(x0 - 50), str(y0 + 100)], check=True)
+            pump(0.4)  # off the canvas, settled
+            moves = []
+            for step in range(30):
+                moves += ["mousemove", str(x0 + 60 + k + 12 * step), str(y0 + 60 + k + 9 * step)]
+                moves += ["sleep", "0.008"]
+            recorder.start()
+            mover = subprocess.Popen(["xdotool", *moves])
+            while mover.poll() is None:
+                pump(0.005)
+            pump(0.3)
+            stalls.append(round(float(recorder.stop().max()), 1))
+        print(f"{state}: median {statistics.median(stalls):.1f} ms, runs {stalls}", flush=True)
+
+    viewer.camera.zoom *= 3
+    pump(0.5)
+    glide("1. the slide alone")
+    plain = viewer.add_labels(np.zeros((1484, 1110), np.uint8), scale=(2, 2), name="plain")
+    plain.brush_size = 8
+    plain.mode = "paint"
+    pump(0.5)
+    glide("2. + an empty napari Labels layer, paint mode")
+    viewer.layers.remove(plain)
+    viewer.layers.selection.active = image
+
+    _, widget = viewer.window.add_plugin_dock_widget("napari-wsol", "WSOL")
+    pump(0.5)
+
+    def wait_job() -> None:
+        while widget.worker is not None:
+            pump(0.001)
+
+    widget.run()
+    wait_job()
+    widget.thr_method.value = "fcam"
+    widget.threshold.value = 0.4
+    pump(2.0)  # the mask layer is made on later turns
+    widget.make_pseudo_labels()
+    wait_job()
+    pump(1.0)
+    corrections = viewer.layers[CORRECTIONS_LAYER]
+    shown = ", ".join(layer.name for layer in viewer.layers if layer.visible)
+    print(f"the app's layers shown: {shown}")
+    glide(f"3a. the first glide after the job (corrections in {corrections.mode} mode)", 1)
+    corrections.mode = "paint"
+    pump(0.3)
+    glide("3. the app's layers, corrections in paint mode")
+    corrections.mode = "pan_zoom"
+    pump(0.3)
+    glide("4. the app's layers, corrections in pan/zoom mode")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
