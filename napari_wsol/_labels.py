@@ -137,36 +137,8 @@ class LabelsMixin:
         self._add_layer(painted, then=self._start_editing)
 
     def _start_editing(self, painted) -> None:
-        """Make the corrections layer the active one, ready to paint.
-
-        Paint mode waits for the pointer to come onto the canvas: entering it builds and
-        draws napari's brush circle, which on the job's last turn would add to the frame
-        that shows the new layers.
-        """
         self.viewer.layers.selection.active = painted
-        if self.flip.value or painted.mode == "paint":
-            painted.mode = "pan_zoom" if self.flip.value else "paint"
-            return
-        self._paint_on_arrival = painted
-        if self._paint_when_pointed not in self.viewer.mouse_move_callbacks:
-            self.viewer.mouse_move_callbacks.append(self._paint_when_pointed)
-
-    def _paint_when_pointed(self, viewer, event) -> None:
-        layer, self._paint_on_arrival = self._paint_on_arrival, None
-        # Not removed here: napari is iterating over these callbacks.
-        QTimer.singleShot(0, self._stop_waiting_for_pointer)
-        active = self.viewer.layers.selection.active
-        # By name: napari hands plugins proxies, so the same layer need not be ``is``.
-        if layer is None or active is None or active.name != layer.name or self.flip.value:
-            return  # the user has moved on to another layer or to click-to-flip
-        if layer.mode == "pan_zoom":  # not a tool the user has chosen since
-            layer.mode = "paint"
-
-    def _stop_waiting_for_pointer(self) -> None:
-        if self._paint_on_arrival is None and (
-            self._paint_when_pointed in self.viewer.mouse_move_callbacks
-        ):
-            self.viewer.mouse_move_callbacks.remove(self._paint_when_pointed)
+        painted.mode = "pan_zoom" if self.flip.value else "paint"
 
     def _replace(self, layer, data, grid: dict, meta: dict) -> None:
         self._pause_canvases()

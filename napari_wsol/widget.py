@@ -162,7 +162,6 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         self._masks_coming: set[str] = set()  # mask layers queued to be made
         self._painted: list = []  # PaintedLabels the masks keep (oldest first)
         self._painted_files: dict = {}  # path -> corrections read once (_painted_file)
-        self._paint_on_arrival = None  # corrections layer to put in paint mode (_start_editing)
         self._refresh_turn = -1
         self.levels: dict = {}
         self._turns: deque = deque()  # GUI steps waiting for their own event-loop turn

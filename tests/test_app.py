@@ -402,54 +402,7 @@ def test_a_jobs_new_layers_leave_the_active_layer_to_the_user(app, qtbot) -> Non
     assert viewer.layers.selection.active is cam
     _, corrections = _labels_of(viewer, widget, qtbot)
     assert viewer.layers.selection.active is corrections
-    assert corrections.mode == "pan_zoom"  # the job's frame builds no brush circle
-    _pointer_over_canvas(viewer, qtbot)  # ready to paint once the pointer arrives
-    qtbot.waitUntil(lambda: corrections.mode == "paint", timeout=5000)
-    corrections.mode = "pan_zoom"
-    _pointer_over_canvas(viewer, qtbot)
-    assert corrections.mode == "pan_zoom"  # once: what the user picks later stays
-
-
-def test_a_tool_chosen_before_the_pointer_arrives_is_kept(app, qtbot) -> None:
-    """Paint mode waits for the pointer, but never overrides what the user picked
-    meanwhile: another tool, another layer, or click-to-flip."""
-    viewer, widget, image = app
-    _, corrections = _labels_of(viewer, widget, qtbot)
-    corrections.mode = "fill"
-    _pointer_over_canvas(viewer, qtbot)
-    assert corrections.mode == "fill"
-    corrections.mode = "pan_zoom"
-    _labels_of(viewer, widget, qtbot)  # the same layer, waiting for the pointer again
-    viewer.layers.selection.active = image
-    _pointer_over_canvas(viewer, qtbot)
-    assert corrections.mode == "pan_zoom" and viewer.layers.selection.active is image
-    widget.flip.value = True
-    _labels_of(viewer, widget, qtbot)
-    _pointer_over_canvas(viewer, qtbot)
-    assert corrections.mode == "pan_zoom"  # click-to-flip clicks in pan/zoom mode
-    widget.flip.value = False
-    assert corrections.mode == "paint"
-
-
-def _pointer_over_canvas(viewer, qtbot) -> None:
-    """A few mouse moves over the canvas, delivered as Qt delivers a mouse's."""
-    from qtpy.QtCore import QEvent, QPointF, Qt
-    from qtpy.QtGui import QMouseEvent
-    from qtpy.QtWidgets import QApplication
-
-    canvas = viewer.window._qt_viewer.canvas.native
-    for step in range(1, 4):
-        local = QPointF(40 * step, 30 * step)
-        event = QMouseEvent(
-            QEvent.Type.MouseMove,
-            local,
-            QPointF(canvas.mapToGlobal(local.toPoint())),
-            Qt.MouseButton.NoButton,
-            Qt.MouseButton.NoButton,
-            Qt.KeyboardModifier.NoModifier,
-        )
-        QApplication.sendEvent(canvas, event)
-        qtbot.wait(20)
+    qtbot.waitUntil(lambda: corrections.mode == "paint", timeout=5000)  # ready to paint
 
 
 def test_pseudo_labels_reach_the_edges_of_an_image_in_view(app, qtbot) -> None:
