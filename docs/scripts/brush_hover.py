@@ -9,16 +9,18 @@ The pointer is moved by xdotool in another process (30 moves, 8 ms apart, across
 canvas), so Qt receives and compresses real X events as it does a mouse's. Zoomed in
 3x on the sample slide (where napari draws the brush as a circle on the canvas, which
 it redraws at every pointer move), it records the longest gap of a 5 ms timer during
-each glide, in four states:
+each glide, in five states:
 
 1. the slide alone, the slide active;
-2. the slide and an empty napari Labels layer in paint mode (napari's brush, no
-   napari-wsol layer);
-3. the app's layers after its maps, the F-CAM mask and pseudo-labels of the view (the
-   app's defaults: the slide, fcam, fcam mask, pseudo-labels and corrections shown), the
-   corrections layer in paint mode, as the pseudo-label job leaves it (3a: the first
-   glide after the job, the first time napari's brush circle is drawn in the process);
-4. the same with the corrections layer in pan/zoom mode.
+2. the pseudo-label job's longest stall, then the first glide after it, over the app's
+   layers (its defaults after maps, the F-CAM mask and pseudo-labels of the view: the
+   slide, fcam, fcam mask, pseudo-labels and corrections shown) with the corrections
+   layer as the job leaves it: the first time in the process napari's brush circle is
+   drawn;
+3. the app's layers, the corrections layer in paint mode;
+4. the same in pan/zoom mode;
+5. the slide and an empty napari Labels layer in paint mode, the app's layers hidden
+   (napari's brush alone).
 """
 
 from __future__ import annotations
@@ -70,13 +72,6 @@ def main() -> None:
     viewer.camera.zoom *= 3
     pump(0.5)
     glide("1. the slide alone")
-    plain = viewer.add_labels(np.zeros((1484, 1110), np.uint8), scale=(2, 2), name="plain")
-    plain.brush_size = 8
-    plain.mode = "paint"
-    pump(0.5)
-    glide("2. + an empty napari Labels layer, paint mode")
-    viewer.layers.remove(plain)
-    viewer.layers.selection.active = image
 
     _, widget = viewer.window.add_plugin_dock_widget("napari-wsol", "WSOL")
     pump(0.5)
@@ -90,19 +85,30 @@ def main() -> None:
     widget.thr_method.value = "fcam"
     widget.threshold.value = 0.4
     pump(2.0)  # the mask layer is made on later turns
+    recorder.start()
     widget.make_pseudo_labels()
     wait_job()
-    pump(1.0)
+    pump(0.3)  # and the frames that follow its end
+    job = round(float(recorder.stop().max()), 1)
+    print(f"the pseudo-label job at this zoom: longest stall {job} ms", flush=True)
+    pump(0.7)
     corrections = viewer.layers[CORRECTIONS_LAYER]
     shown = ", ".join(layer.name for layer in viewer.layers if layer.visible)
     print(f"the app's layers shown: {shown}")
-    glide(f"3a. the first glide after the job (corrections in {corrections.mode} mode)", 1)
+    glide(f"2. the first glide after the job (corrections in {corrections.mode} mode)", 1)
     corrections.mode = "paint"
     pump(0.3)
     glide("3. the app's layers, corrections in paint mode")
     corrections.mode = "pan_zoom"
     pump(0.3)
     glide("4. the app's layers, corrections in pan/zoom mode")
+    for layer in viewer.layers:
+        layer.visible = layer is image
+    plain = viewer.add_labels(np.zeros((1484, 1110), np.uint8), scale=(2, 2), name="plain")
+    plain.brush_size = 8
+    plain.mode = "paint"
+    pump(0.5)
+    glide("5. the slide and an empty napari Labels layer, paint mode (the app's hidden)")
     viewer.close()
 
 
