@@ -33,7 +33,7 @@ import subprocess
 import tempfile
 
 import numpy as np
-from gui_timing import GapRecorder, pump, slide_viewer
+from gui_timing import GapRecorder, maps_and_mask, pump, slide_viewer, wait_job
 
 
 def main() -> None:
@@ -73,21 +73,10 @@ def main() -> None:
     pump(0.5)
     glide("1. the slide alone")
 
-    _, widget = viewer.window.add_plugin_dock_widget("napari-wsol", "WSOL")
-    pump(0.5)
-
-    def wait_job() -> None:
-        while widget.worker is not None:
-            pump(0.001)
-
-    widget.run()
-    wait_job()
-    widget.thr_method.value = "fcam"
-    widget.threshold.value = 0.4
-    pump(2.0)  # the mask layer is made on later turns
+    widget = maps_and_mask(viewer)
     recorder.start()
     widget.make_pseudo_labels()
-    wait_job()
+    wait_job(widget)
     pump(0.3)  # and the frames that follow its end
     job = round(float(recorder.stop().max()), 1)
     print(f"the pseudo-label job at this zoom: longest stall {job} ms", flush=True)

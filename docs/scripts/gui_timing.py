@@ -87,6 +87,25 @@ def sample_slide_viewer():
     return viewer, {"scale": (2, 2), "translate": (0.5, 0.5), "units": image.units}
 
 
+def wait_job(widget) -> None:
+    """Turn the event loop until the WSOL widget's job has ended."""
+    while widget.worker is not None:
+        pump(0.001)
+
+
+def maps_and_mask(viewer, threshold: float = 0.4):
+    """Dock the WSOL widget, compute the maps of the view and show the F-CAM mask at
+    ``threshold``; returns the widget."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-wsol", "WSOL")
+    pump(0.5)
+    widget.run()
+    wait_job(widget)
+    widget.thr_method.value = "fcam"
+    widget.threshold.value = threshold
+    pump(2.0)  # the mask layer is made on later turns
+    return widget
+
+
 def canvases() -> list:
     """The OpenGL canvases of every open window."""
     from qtpy.QtWidgets import QApplication, QOpenGLWidget

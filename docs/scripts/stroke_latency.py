@@ -26,7 +26,7 @@ import tempfile
 import time
 
 import numpy as np
-from gui_timing import GapRecorder, pump, slide_viewer
+from gui_timing import GapRecorder, maps_and_mask, pump, slide_viewer, wait_job
 
 
 def main() -> None:
@@ -40,22 +40,11 @@ def main() -> None:
     from napari_wsol._labels import CORRECTIONS_LAYER
 
     viewer, _ = slide_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-wsol", "WSOL")
-    pump(0.5)
-
-    def wait_job() -> None:
-        while widget.worker is not None:
-            pump(0.001)
-
-    widget.run()
-    wait_job()
-    widget.thr_method.value = "fcam"
-    widget.threshold.value = 0.4
-    pump(2.0)  # the mask layer is made on later turns
+    widget = maps_and_mask(viewer)
     viewer.camera.zoom *= args.zoom
     pump(0.3)
     widget.make_pseudo_labels()
-    wait_job()
+    wait_job(widget)
     pump(1.0)
     layer = viewer.layers[CORRECTIONS_LAYER]
     h, w = layer.data.shape
