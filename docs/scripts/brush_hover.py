@@ -17,7 +17,8 @@ each glide, in five states:
    slide, fcam, fcam mask, pseudo-labels and corrections shown) with the corrections
    layer as the job leaves it: the first time in the process napari's brush circle is
    drawn;
-3. the app's layers, the corrections layer in paint mode;
+3. the app's layers, the corrections layer in paint mode (3s: the same glide with the
+   button held, a brush stroke: painted, saved, laid on the masks);
 4. the same in pan/zoom mode;
 5. the slide and an empty napari Labels layer in paint mode, the app's layers hidden
    (napari's brush alone).
@@ -50,17 +51,23 @@ def main() -> None:
     canvas = viewer.window._qt_viewer.canvas.native  # the QOpenGLWidget napari draws in
     recorder = GapRecorder()
 
-    def glide(state: str, count: int | None = None) -> None:
+    def glide(state: str, count: int | None = None, stroke: bool = False) -> None:
+        """``stroke``: the button is held from the first move to the last (a brush
+        stroke, saved and laid on the masks when released), the pointer starting there."""
         stalls = []
         for k in range(count or args.glides):
             corner = canvas.mapToGlobal(canvas.rect().topLeft())
             x0, y0 = corner.x(), corner.y()
-            subprocess.run(["xdotool", "mousemove", str(x0 - 50), str(y0 + 100)], check=True)
-            pump(0.4)  # off the canvas, settled
-            moves = []
+            # Strokes are 40 px apart, so each paints fresh pixels.
+            start = (x0 + 60 + 3 * k, y0 + 60 + 40 * k) if stroke else (x0 + 60 + k, y0 + 60 + k)
+            rest = start if stroke else (x0 - 50, y0 + 100)  # off the canvas
+            subprocess.run(["xdotool", "mousemove", *map(str, rest)], check=True)
+            pump(0.4)
+            moves = ["mousedown", "1"] if stroke else []
             for step in range(30):
-                moves += ["mousemove", str(x0 + 60 + k + 12 * step), str(y0 + 60 + k + 9 * step)]
+                moves += ["mousemove", str(start[0] + 12 * step), str(start[1] + 9 * step)]
                 moves += ["sleep", "0.008"]
+            moves += ["mouseup", "1"] if stroke else []
             recorder.start()
             mover = subprocess.Popen(["xdotool", *moves])
             while mover.poll() is None:
@@ -88,6 +95,10 @@ def main() -> None:
     corrections.mode = "paint"
     pump(0.3)
     glide("3. the app's layers, corrections in paint mode")
+    before = int(np.count_nonzero(corrections.data))
+    glide("3s. the same, a brush stroke (button held)", stroke=True)
+    painted = int(np.count_nonzero(corrections.data)) - before
+    print(f"   ({painted} corrections pixels painted by the strokes)", flush=True)
     corrections.mode = "pan_zoom"
     pump(0.3)
     glide("4. the app's layers, corrections in pan/zoom mode")
