@@ -248,11 +248,11 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
                 self.draw_button,
                 self.run_button,
                 self.scores,
-                _label("Where to review: disagreement of two maps"),
+                _label("Where to review: two maps' disagreement"),
                 self.diff_a,
                 self.diff_b,
                 self.diff_button,
-                _label("How faithful are the maps to the classifier (chosen methods)?"),
+                _label("Do the chosen maps follow the classifier?"),
                 self.faith_button,
                 self.faith_table,
             ]
