@@ -300,6 +300,7 @@ def test_predict_from_a_session_keeps_its_thresholds_and_corrections(
         base_model=str(checkpoint),
         methods=["cam", "gradcam"],
         thresholds={"cam": 0.999, "gradcam": 0.0},  # almost nothing / everything positive
+        slide_mpp=0.5,  # typed into the app: the PNG records none
     )
     session = Session(tmp_path / "session", state)
     region = Region(0, 0, 256, 256, 1.0)
@@ -318,6 +319,8 @@ def test_predict_from_a_session_keeps_its_thresholds_and_corrections(
     out = capsys.readouterr().out
     assert "v000 (start: model.safetensors)" in out and "1 painted region(s) kept" in out
     kept = masks(tmp_path / "kept")
+    with tifffile.TiffFile(tmp_path / "kept" / "he_tile.cam.mask.ome.tif") as tif:
+        assert 'PhysicalSizeX="2.0"' in tif.ome_metadata  # 0.5 µm/px x 4 px per map pixel
     fg, bg = np.s_[8:24, 8:24], np.s_[40:56, 40:56]  # the strokes at 4 px per map pixel
     for mask in kept.values():
         assert (mask[fg] == 255).all() and (mask[bg] == 0).all()
