@@ -318,6 +318,7 @@ def test_predict_from_a_session_keeps_its_thresholds_and_corrections(
     assert main([*args, str(tmp_path / "kept")]) == 0
     out = capsys.readouterr().out
     assert "v000 (start: model.safetensors)" in out and "1 painted region(s) kept" in out
+    assert "he_tile.cam.mask.ome.tif  (cam >= 0.999)" in out
     kept = masks(tmp_path / "kept")
     with tifffile.TiffFile(tmp_path / "kept" / "he_tile.cam.mask.ome.tif") as tif:
         assert 'PhysicalSizeX="2.0"' in tif.ome_metadata  # 0.5 µm/px x 4 px per map pixel

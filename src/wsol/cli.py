@@ -588,8 +588,11 @@ def _predict(args: argparse.Namespace) -> int:
             f"{path}: {result.tiles_total} tissue tiles, {result.tiles_run} run "
             f"({result.tiles_per_second:.1f} tiles/s)"
         )
+        method_of = {path: method for method, path in prediction.masks.items()}
         for file in prediction.files():
-            print(f"  {file}")
+            method = method_of.get(file)
+            rule = f"  ({method} >= {prediction.thresholds[method]:g})" if method else ""
+            print(f"  {file}{rule}")
         scale_chosen = args.level is not None or args.mpp is not None
         note = _pixel_size_note(
             prediction, args.slide_mpp, None if scale_chosen else model.config.mpp
