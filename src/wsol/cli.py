@@ -95,7 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="tiled inference over whole slides: heatmaps, masks, GeoJSON, tile CSV"
     )
     p.add_argument(
-        "slides", type=Path, nargs="*", metavar="SLIDE", help="slides (with --session: its own)"
+        "slides",
+        type=Path,
+        nargs="*",
+        metavar="SLIDE",
+        help="slides (with --session: none, or its slide where it moved)",
     )
     p.add_argument(
         "--session",
@@ -104,10 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
         "thresholds and corrections (any option given here wins)",
     )
     p.add_argument(
-        "--checkpoint", type=Path, help="model (required without --session; with it: its current)"
+        "--checkpoint",
+        type=Path,
+        help="model checkpoint (default with --session: the session's current version)",
     )
     p.add_argument(
-        "--methods", type=_methods, help="comma-separated methods or 'all' (default: cam,gradcam)"
+        "--methods",
+        type=_methods,
+        help="comma-separated methods or 'all' (default: the session's, else cam,gradcam)",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument(
