@@ -551,8 +551,6 @@ def _predict(args: argparse.Namespace) -> int:
         raise InputError("no slide given (name one or more, or give --session)")
     if args.checkpoint is None:
         raise InputError("--checkpoint is required without --session")
-    if args.threshold is not None:
-        thresholds = {}
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.checkpoint).to(device)
     target = _target(args.target, model.config.class_names)
@@ -616,8 +614,9 @@ def _predict(args: argparse.Namespace) -> int:
 def _predict_from_session(args: argparse.Namespace) -> tuple[dict[str, float], list]:
     """Fill what ``wsol predict`` was not told from the session folder ``args.session``.
 
-    Returns the session's per-method thresholds and the corrections its masks keep (in
-    its slide's level-0 pixels, so they are only laid on that slide).
+    Returns the session's per-method thresholds (none where ``--threshold`` was given)
+    and the corrections its masks keep (in its slide's level-0 pixels, so they are only
+    laid on that slide).
     """
     from wsol.session import Session
 
@@ -656,7 +655,8 @@ def _predict_from_session(args: argparse.Namespace) -> tuple[dict[str, float], l
         kept = f"{len(corrections)} painted region(s) kept in the masks"
     names = session.version_names()
     print(f"session {args.session}: model {names[state.current]}, corrections {kept}")
-    return dict(state.thresholds), corrections
+    thresholds = {} if args.threshold is not None else dict(state.thresholds)
+    return thresholds, corrections
 
 
 def _pixel_size_note(prediction, given: float | None, model_mpp: float | None) -> str:

@@ -240,10 +240,12 @@ class Session:
             try:
                 painted = read(path, region, None if mine else edit)
             except (InputError, OSError) as exc:
-                if on_error is None:
-                    raise InputError(f"{path}: unreadable corrections ({exc})") from exc
-                on_error(exc)
-                continue
+                if on_error is not None:
+                    on_error(exc)
+                    continue
+                if isinstance(exc, InputError):
+                    raise  # it names the file already
+                raise InputError(f"{path}: unreadable corrections ({exc})") from exc
             if painted is None or not painted.any:
                 continue
             if mine:
