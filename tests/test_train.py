@@ -333,3 +333,72 @@ def test_fine_tune_defaults_double_the_steps_in_reduced_precision(monkeypatch) -
     assert fine_tune_defaults("cpu") == FINE_TUNE and FINE_TUNE["steps"] == 20
     # A session saved with its own steps keeps them.
     assert SessionState(slide="s.svs", fine_tune={"steps": 7}).fine_tune["steps"] == 7
+
+
+def _painted_region(size: int = 256) -> tuple[TrainData, torch.Tensor, list[tuple[int, int]]]:
+    """One lesion image of ``size`` px with a large background block and ten small
+    foreground dots painted; returns the data, its corrections and the dots."""
+    data, _ = _toy(n=2, size=size)
+    corrections = torch.full((1, size, size), IGNORE)
+    corrections[0, 100:200, 100:200] = BG
+    dots = [(10 + 20 * k, 20) for k in range(10)]
+    for y, x in dots:
+        corrections[0, y : y + 2, x : x + 2] = FG
+    return TrainData(data.images[1:], data.labels[1:], corrections), corrections, dots
+
+
+def test_heads_windows_go_to_every_stroke_in_turn() -> None:
+    # The block holds 10 000 painted pixels, the dots 40: windows centred on painted
+    # pixels drawn at random would nearly all land on the block. In turn, every stroke
+    # gets one window in each cycle of eleven.
+    from scipy import ndimage
+
+    from wsol.train.loop import _Trainer
+
+    data, corrections, _ = _painted_region()
+    config = TrainConfig(heads=("fcam",), heads_focus=1.0, heads_crop=64)
+    trainer = _Trainer(_model(), data, "heads", config)
+    areas, count = ndimage.label((corrections[0] != IGNORE).numpy())
+    assert count == 11
+    gen = torch.Generator().manual_seed(0)
+    index = torch.tensor([0])
+    hits = [areas[trainer._focus_centre(index, corrections, gen)] for _ in range(22)]
+    assert sorted(hits[:11]) == list(range(1, 12)), hits
+    assert sorted(hits[11:]) == list(range(1, 12)), hits
+    # With no stroke painted, every window is drawn anywhere.
+    none = torch.full_like(corrections, IGNORE)
+    assert trainer._focus_centre(torch.tensor([1]), none, gen) is None
+
+
+def test_heads_windows_beyond_the_first_are_drawn_anywhere_and_all_train() -> None:
+    from wsol.train.loop import _Trainer
+
+    data, corrections, dots = _painted_region()
+    corrections[0, 100:200, 100:200] = IGNORE  # the dots alone
+    model = _model()
+    config = TrainConfig(heads=("fcam",), heads_focus=1.0, heads_crop=64, heads_windows=3)
+    trainer = _Trainer(model, TrainData(data.images, data.labels, corrections), "heads", config)
+    images = data.images.float() / 255
+    with torch.no_grad():
+        features = model.forward_features(model.normalize(data.images))
+    maps = torch.rand(1, 256, 256)
+    gen = torch.Generator().manual_seed(0)
+    unpainted_windows = 0
+    for _ in range(8):
+        out = trainer._crop(torch.tensor([0]), images, maps, corrections, features, {}, gen)
+        crops, _, painted, feats, _ = out
+        assert crops.shape == (3, 3, 64, 64) and painted.shape == (3, 64, 64)
+        assert [f.shape[0] for f in feats] == [3] * len(feats)
+        assert (painted[0] == FG).any()  # the first window is on a dot...
+        unpainted_windows += int((painted[1:] == IGNORE).flatten(1).all(1).sum())
+    # ...the others are not tied to the strokes: most miss the dots' column.
+    assert unpainted_windows >= 8, unpainted_windows
+    # A round with three windows a step runs end to end and pulls the dots to foreground.
+    before = _fcam_foreground(model, data.images)
+    config.steps, config.lr, config.seeds_per_class, config.keep_weight = 15, 3e-3, 0, 0.0
+    train(model, TrainData(data.images, data.labels, corrections), "heads", config)
+    after = _fcam_foreground(model, data.images)
+    on_dots = torch.zeros(256, 256, dtype=torch.bool)
+    for y, x in dots:
+        on_dots[y : y + 2, x : x + 2] = True
+    assert float((after - before)[0][on_dots].mean()) > 0.05

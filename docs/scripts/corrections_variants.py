@@ -19,7 +19,8 @@ Variants:
 - ``fast-last``: 5x the learning rate on the last two decoder blocks and the output.
 - ``freeze-deep``: the deepest decoder block frozen.
 - ``two-windows``: each step adds a random window to the window on a stroke, so the
-  keep term sees more of the region (about 1.45x the time).
+  keep term sees more of the region (about 1.45x the time; ``TrainConfig.heads_windows``
+  2, ``wsol bench corrections --windows 2``).
 - ``l2sp-L``: an L2 pull of the heads' weights towards their round-start values
   (L2-SP, weight L / 2; ``l2sp-1``), which unlike the keep term acts on the whole region.
 - ``layer4``: the encoder's last stage trains with the decoder (from cached layer3
@@ -34,11 +35,14 @@ Variants:
   cosine (``cosine-3e-4``), so the last steps settle instead of jumping.
 - ``avg-last-N``: the round ends on the mean of the weights after each of its last N
   steps (``avg-last-10``; stochastic weight averaging within one round).
-- ``cycle-strokes``: the windows on strokes go to the strokes in turn (a shuffled cycle
-  over the connected painted areas) instead of to independently drawn painted pixels,
-  so no stroke of the round is left without a window.
-- ``focus-wrong``: the windows on strokes are centred on painted pixels that the map
-  from the start of the round still gets wrong (all painted pixels when none is).
+- ``draw-strokes``: the windows on strokes are centred on independently drawn painted
+  pixels, as before 2026-12-03, instead of going to the strokes in turn (a shuffled
+  cycle over the connected painted areas, the trainer's way since; the variant
+  ``cycle-strokes`` of the rows measured earlier), which can leave a stroke of the round
+  without a window.
+- ``focus-wrong``: the windows on strokes are centred on painted pixels, drawn
+  independently, that the map from the start of the round still gets wrong (all
+  painted pixels when none is).
 - ``stroke-term``: a class-balanced partial CE on the stroke pixels alone, added to the
   usual one (foreground and background strokes weigh the same however many are painted).
 - ``windows-B-C``: each step trains on B windows of C px instead of one of the app's size
@@ -72,10 +76,12 @@ Every variant starts from the float32 round of 20 steps, the app's defaults unti
 docs/BENCHMARKS.md were measured; ``--precision auto --steps 40`` starts from today's
 defaults on a CPU with native bfloat16.
 ``--steps N`` changes the steps per round for every variant run, ``--radius R`` the
-simulated user's disks (4 px, the app's brush, by default). ``--repeats N`` runs
-each variant with fine-tuning seeds 0..N-1 and reports the mean (default 1: seed 0
-alone, which is how the variant rows in docs/BENCHMARKS.md were run; the seed alone
-moves a 12-region gain by about two points).
+simulated user's disks (4 px, the app's brush, by default). With ``--fill-largest`` the
+simulated user paints, each round, the largest error region whole (as a big brush or
+*Click to flip* would) and disks on the next nine: strokes of very different sizes.
+``--repeats N`` runs each variant with fine-tuning seeds 0..N-1 and reports the mean
+(default 1: seed 0 alone, which is how the variant rows in docs/BENCHMARKS.md were run;
+the seed alone moves a 12-region gain by about two points).
 Round times are only comparable between runs made alone on an idle machine. Dice is
 exact for a given seed and thread count (``OMP_NUM_THREADS``).
 """
@@ -215,52 +221,20 @@ def _freeze_deep(self, model, config) -> None:
     self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _stacked(parts: list[tuple]) -> tuple:
-    """Several ``_crop`` results as one batch."""
-    images, maps, corrections, features, keep = zip(*parts, strict=True)
-    return (
-        torch.cat(images),
-        torch.cat(maps),
-        None if corrections[0] is None else torch.cat(corrections),
-        [torch.cat(level) for level in zip(*features, strict=True)],
-        {h: torch.cat([k[h] for k in keep]) for h in keep[0]},
-    )
-
-
-@contextlib.contextmanager
-def _two_windows():
-    batch, crop = loop._Trainer._batch, loop._Trainer._crop
-
-    def two_batch(self, index, gen):
-        images, labels, corrections, maps = batch(self, index, gen)
-        return images, labels.repeat(2), corrections, maps
-
-    def two_crop(self, images, maps, corrections, features, keep, gen):
-        a = crop(self, images, maps, corrections, features, keep, gen)
-        focus, self.config.heads_focus = self.config.heads_focus, 0.0
-        b = crop(self, images, maps, corrections, features, keep, gen)
-        self.config.heads_focus = focus
-        return _stacked([a, b])
-
-    with _patched(loop._Trainer, "_batch", two_batch), _patched(loop._Trainer, "_crop", two_crop):
-        yield
-
-
 @contextlib.contextmanager
 def _windows(count: int, size: int):
-    batch, crop = loop._Trainer._batch, loop._Trainer._crop
+    crop = loop._Trainer._window
 
-    def repeated(self, index, gen):
-        images, labels, corrections, maps = batch(self, index, gen)
-        return images, labels.repeat(count), corrections, maps
-
-    def several(self, images, maps, corrections, features, keep, gen):
+    def several(self, index, images, maps, corrections, features, keep, gen):
         full, self.config.heads_crop = self.config.heads_crop, size
-        parts = [crop(self, images, maps, corrections, features, keep, gen) for _ in range(count)]
+        parts = [
+            crop(self, index, images, maps, corrections, features, keep, gen, focus=True)
+            for _ in range(count)
+        ]
         self.config.heads_crop = full
-        return _stacked(parts)
+        return loop.stack_windows(parts)
 
-    with _patched(loop._Trainer, "_batch", repeated), _patched(loop._Trainer, "_crop", several):
+    with _patched(loop._Trainer, "_crop", several):
         yield
 
 
@@ -294,45 +268,45 @@ def _average_last(n: int):
         yield
 
 
-@contextlib.contextmanager
-def _cycle_strokes():
-    def in_turn(self, corrections, gen):
-        painted = None if corrections is None else (corrections != IGNORE).any(0)
-        if painted is None or not painted.any():
-            return None
-        if torch.rand((), generator=gen) >= self.config.heads_focus:
-            return None
-        components, n = ndimage.label(painted.cpu().numpy())
-        queue = self.__dict__.setdefault("_stroke_queue", [])  # one trainer: one round
-        if not queue:
-            queue.extend((torch.randperm(n, generator=gen) + 1).tolist())
-        ys, xs = np.nonzero(components == queue.pop())
-        pick = int(torch.randint(len(ys), (), generator=gen))
-        return int(ys[pick]), int(xs[pick])
+def _painted_pixel(self, corrections, gen) -> tuple[int, int] | None:
+    """The trainer's window centre before strokes took turns: any painted pixel, drawn
+    independently for each window (a share ``heads_focus`` of them)."""
+    painted = None if corrections is None else (corrections != IGNORE).nonzero()
+    if painted is None or not len(painted):
+        return None
+    if torch.rand((), generator=gen) >= self.config.heads_focus:
+        return None
+    _, py, px = painted[int(torch.randint(len(painted), (), generator=gen))].tolist()
+    return py, px
 
-    with _patched(loop._Trainer, "_focus_centre", in_turn):
+
+@contextlib.contextmanager
+def _draw_strokes():
+    def independent(self, index, corrections, gen):
+        return _painted_pixel(self, corrections, gen)
+
+    with _patched(loop._Trainer, "_focus_centre", independent):
         yield
 
 
 @contextlib.contextmanager
 def _focus_wrong():
-    crop, centre = loop._Trainer._crop, loop._Trainer._focus_centre
+    window = loop._Trainer._window
 
-    def holding(self, images, maps, corrections, features, keep, gen):
+    def holding(self, index, images, maps, corrections, features, keep, gen, focus):
         self._held = keep.get("fcam")  # the round-start map of this step's images
-        return crop(self, images, maps, corrections, features, keep, gen)
+        return window(self, index, images, maps, corrections, features, keep, gen, focus)
 
-    def wrong_first(self, corrections, gen):
+    def wrong_first(self, index, corrections, gen):
         held = getattr(self, "_held", None)
-        if corrections is None or held is None:
-            return centre(self, corrections, gen)
-        wrong = (corrections != IGNORE) & (held.argmax(1) != corrections)
-        if not wrong.any():
-            return centre(self, corrections, gen)
-        return centre(self, torch.where(wrong, corrections, IGNORE), gen)
+        if corrections is not None and held is not None:
+            wrong = (corrections != IGNORE) & (held.argmax(1) != corrections)
+            if wrong.any():
+                corrections = torch.where(wrong, corrections, IGNORE)
+        return _painted_pixel(self, corrections, gen)
 
     with (
-        _patched(loop._Trainer, "_crop", holding),
+        _patched(loop._Trainer, "_window", holding),
         _patched(loop._Trainer, "_focus_centre", wrong_first),
     ):
         yield
@@ -396,8 +370,8 @@ def _layer4():
                 self.params, lr=config.lr, weight_decay=config.weight_decay
             )
 
-    def recomputed(self, images, maps, corrections, features, keep, gen):
-        out = list(crop(self, images, maps, corrections, features, keep, gen))
+    def recomputed(self, index, images, maps, corrections, features, keep, gen):
+        out = list(crop(self, index, images, maps, corrections, features, keep, gen))
         out[3] = [*out[3][:-1], self.model.encoder.layer4(out[3][-2])]
         return tuple(out)
 
@@ -550,6 +524,23 @@ def _paint_all():
     return _patched(bc, "paint", everything)
 
 
+def _fill_largest():
+    paint, strokes = bc.paint, bc.strokes
+
+    def filled(corrections, pred, truth, k, radius):
+        error = pred != truth
+        areas, n = ndimage.label(error)
+        if n:
+            sizes = ndimage.sum(error, areas, range(1, n + 1))
+            largest = torch.from_numpy(areas == int(np.argmax(sizes)) + 1)
+            corrections[largest] = torch.from_numpy(np.where(truth, FG, BG))[largest]
+        # The other k - 1 get their disks; the filled one is the first of the k largest.
+        with _patched(bc, "strokes", lambda *a: strokes(*a)[1:]):
+            paint(corrections, pred, truth, k, radius)
+
+    return _patched(bc, "paint", filled)
+
+
 def _variant(name: str):
     if name == "base":
         return contextlib.nullcontext(), {}
@@ -572,7 +563,7 @@ def _variant(name: str):
     if name == "freeze-deep":
         return _optimizer(_freeze_deep), {}
     if name == "two-windows":
-        return _two_windows(), {}
+        return contextlib.nullcontext(), {"heads_windows": 2}
     if name.startswith("set-"):
         settings = {}
         for pair in name[4:].split(","):
@@ -589,8 +580,8 @@ def _variant(name: str):
         return _layer4(), {}
     if name.startswith("avg-last-"):
         return _average_last(int(name.rsplit("-", 1)[1])), {}
-    if name == "cycle-strokes":
-        return _cycle_strokes(), {}
+    if name == "draw-strokes":
+        return _draw_strokes(), {}
     if name == "focus-wrong":
         return _focus_wrong(), {}
     if name == "stroke-term":
@@ -625,6 +616,11 @@ def main() -> None:
         "--repeats", type=int, default=1, help="fine-tuning seeds 0..N-1, mean reported"
     )
     parser.add_argument(
+        "--fill-largest",
+        action="store_true",
+        help="the simulated user paints the largest error region whole each round",
+    )
+    parser.add_argument(
         "--thresholds", action="store_true", help="also the best threshold's Dice by round"
     )
     parser.add_argument(
@@ -647,7 +643,8 @@ def main() -> None:
         def config(settings=settings, **given):
             return TrainConfig(**{**given, **settings})
 
-        with patch, oracle, border, flipped, _patched(bc, "TrainConfig", config):
+        painter = _fill_largest() if args.fill_largest else contextlib.nullcontext()
+        with patch, oracle, border, flipped, painter, _patched(bc, "TrainConfig", config):
             report = bc.bench_corrections(
                 args.data,
                 args.checkpoint,
@@ -665,6 +662,7 @@ def main() -> None:
         label = name + ("" if args.steps is None else f" ({args.steps} steps)")
         label += "" if args.precision == "float32" else f" ({args.precision})"
         label += "" if args.radius == 4 else f" (radius {args.radius})"
+        label += " (largest error filled)" if args.fill_largest else ""
         gain = f"gain {report['gain']:+.1f}"
         if args.repeats > 1:
             label += f" ({args.repeats} seeds)"

@@ -93,6 +93,7 @@ def bench_corrections(
     keep_fg: float = FINE_TUNE["keep_fg"],
     crop: int = FINE_TUNE["crop"],
     focus: float = TrainConfig.heads_focus,
+    windows: int = TrainConfig.heads_windows,
     precision: str = FINE_TUNE["precision"],
     honour: bool = True,
     log=print,
@@ -131,6 +132,7 @@ def bench_corrections(
         "keep_fg": keep_fg,
         "crop": crop,
         "focus": focus,
+        "windows": windows,
         "precision": precision,
         "precision_used": dtype_name(autocast_dtype(base.device, precision)),
         "honour": honour,
@@ -230,6 +232,7 @@ def _correct_region(
         keep_fg=settings["keep_fg"],
         heads_crop=settings["crop"],
         heads_focus=settings["focus"],
+        heads_windows=settings["windows"],
         cpu_precision=settings["precision"],
         seed=seed,
     )

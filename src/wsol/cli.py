@@ -367,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--keep-fg", type=float, help="extra hold where that map is over 0.9 foreground")
     b.add_argument("--seeds", help="map the seeds come from (default: the corrected head's)")
     b.add_argument("--focus", type=float, help="share of fine-tuning windows on strokes")
+    b.add_argument(
+        "--windows",
+        type=int,
+        help="fine-tuning windows per step, all but the first drawn anywhere (default 1)",
+    )
     b.add_argument("--json", type=Path, help="write the report here")
     b = bench.add_parser("multilabel", help="MinMax-CAM vs the CAM family on two lesion types")
     b.add_argument("data", type=Path, help="a make-benchmark --multilabel folder")
@@ -932,6 +937,8 @@ def _bench_corrections(args: argparse.Namespace) -> int:
         raise InputError(f"--keep-fg {args.keep_fg}: must be >= 0")
     if args.focus is not None and not 0 <= args.focus <= 1:
         raise InputError(f"--focus {args.focus}: must be between 0 and 1")
+    if args.windows is not None and args.windows < 1:
+        raise InputError(f"--windows {args.windows}: must be >= 1")
     if args.repeats < 1:
         raise InputError(f"--repeats {args.repeats}: must be >= 1")
     if args.regions < 1:
@@ -943,6 +950,7 @@ def _bench_corrections(args: argparse.Namespace) -> int:
         "keep_weight": args.keep,
         "keep_fg": args.keep_fg,
         "focus": args.focus,
+        "windows": args.windows,
         "precision": args.precision,
     }
     report = bench_corrections(

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from scipy import ndimage
 
 from wsol.atomic import atomic_path
 from wsol.cams import compute_many
@@ -136,7 +137,8 @@ class TrainConfig:
     heads_crop: int | None = 256  # "heads": train on windows of this size per step
     keep_weight: float = 3.0  # "heads": hold each head's earlier map where nothing is painted
     keep_fg: float = 2.0  # "heads": extra hold where that map is > 0.9 foreground
-    heads_focus: float = 0.75  # "heads": share of windows centred on a painted pixel
+    heads_focus: float = 0.75  # "heads": share of windows centred on a stroke, strokes in turn
+    heads_windows: int = 1  # "heads": windows per step; all but the first drawn at random
     negative_class: int | None = -1  # -1: class 0 of a two-class model, else none
     kernel_usage: float | None = None  # "classifier"/"guided": set Kernel Usage Regularization
     guide_method: str = "cam"  # "guided": the differentiable map the pixel labels act on
@@ -266,6 +268,10 @@ class _Trainer:
         self.maps: torch.Tensor | None = None  # fixed seed maps (fcam, heads)
         self.features: list[torch.Tensor] | None = None  # cached features (heads)
         self.keep: dict[str, torch.Tensor] = {}  # each head's probabilities before (heads)
+        # "heads": the painted areas of the current batch, and the cycle over them
+        self._stroke_key: tuple | None = None
+        self._stroke_list: list[torch.Tensor] = []
+        self._stroke_turns: list[int] = []
 
     def _trainable(self) -> list[torch.nn.Module]:
         m = self.model
@@ -430,8 +436,9 @@ class _Trainer:
                 held = self.keep if self.config.keep_weight > 0 else {}
                 keep = {h: p[index].to(self.device) for h, p in held.items()}
                 images, maps, corrections, features, keep = self._crop(
-                    images, maps, corrections, features, keep, gen
+                    index, images, maps, corrections, features, keep, gen
                 )
+                labels = labels.repeat(images.shape[0] // labels.shape[0])  # one per window
                 size = (images.shape[-2], images.shape[-1])
                 unpainted = None if corrections is None else corrections == IGNORE
             elif self.stage == "fcam":
@@ -491,21 +498,32 @@ class _Trainer:
         losses["loss"] = total
         return losses
 
-    def _crop(self, images, maps, corrections, features, keep, gen):
-        """A random ``heads_crop`` window of the batch, on the encoder's coarsest grid.
+    def _crop(self, index, images, maps, corrections, features, keep, gen):
+        """``heads_windows`` windows of ``heads_crop`` px of the batch, stacked as a batch.
 
         The decoder's cost grows with pixels; a window per step keeps a heads round on a
         large region short while every part of it is seen over the steps. A share
-        ``heads_focus`` of the windows is centred on a corrected pixel: where nothing is
+        ``heads_focus`` of the first windows is centred on a stroke: where nothing is
         painted the held map leaves little to learn, so most steps go to the strokes.
+        Further windows are drawn anywhere, so each step also holds some of the rest of
+        the region to its earlier map (the keep term), not only the strokes' surroundings.
         """
         crop = self.config.heads_crop
         h, w = images.shape[-2:]
         if not crop or (h <= crop and w <= crop):
             return images, maps, corrections, features, keep
+        parts = [
+            self._window(index, images, maps, corrections, features, keep, gen, focus=k == 0)
+            for k in range(max(1, self.config.heads_windows))
+        ]
+        return parts[0] if len(parts) == 1 else stack_windows(parts)
+
+    def _window(self, index, images, maps, corrections, features, keep, gen, focus: bool):
+        """One window of the batch, on the encoder's coarsest grid."""
         grid = max(self.model.feature_reductions)
-        ch, cw = min(crop, h), min(crop, w)
-        centre = self._focus_centre(corrections, gen)
+        h, w = images.shape[-2:]
+        ch, cw = min(self.config.heads_crop, h), min(self.config.heads_crop, w)
+        centre = self._focus_centre(index, corrections, gen) if focus else None
         if centre is not None:
             y0, x0 = centre[0] - ch // 2, centre[1] - cw // 2
         else:
@@ -525,15 +543,48 @@ class _Trainer:
             {h: p[window] for h, p in keep.items()},
         )
 
-    def _focus_centre(self, corrections, gen) -> tuple[int, int] | None:
-        """A painted pixel for a share ``heads_focus`` of the windows; None: a random one."""
-        painted = None if corrections is None else (corrections != IGNORE).nonzero()
-        if painted is None or not len(painted):
+    def _focus_centre(self, index, corrections, gen) -> tuple[int, int] | None:
+        """A pixel of a stroke for a share ``heads_focus`` of the windows; None: anywhere.
+
+        The strokes (connected painted areas) take their turns in a shuffled cycle, so
+        every stroke of a round gets windows even when a few large ones hold most of the
+        painted pixels (drawing painted pixels independently left about one in five of
+        round 1's ten strokes without a window).
+        """
+        strokes = self._strokes(index, corrections)
+        if not strokes:
             return None
         if torch.rand((), generator=gen) >= self.config.heads_focus:
             return None
-        _, py, px = painted[int(torch.randint(len(painted), (), generator=gen))].tolist()
-        return py, px
+        if not self._stroke_turns:
+            self._stroke_turns = torch.randperm(len(strokes), generator=gen).tolist()
+        pixels = strokes[self._stroke_turns.pop()]
+        y, x = pixels[int(torch.randint(len(pixels), (), generator=gen))].tolist()
+        return y, x
+
+    def _strokes(self, index, corrections) -> list[torch.Tensor]:
+        """The pixels (``[k, 2]``) of each connected painted area of the batch's images.
+
+        Corrections do not change within a run, so the areas are found once per batch
+        of images (one region in the app), not at every step.
+        """
+        if corrections is None:
+            return []
+        key = tuple(index.tolist())
+        if self._stroke_key != key:
+            painted = (corrections != IGNORE).any(0)
+            areas, count = ndimage.label(painted.cpu().numpy())
+            areas = areas.ravel()
+            inside = np.flatnonzero(areas)  # row-major within each area, as sorted stably
+            inside = inside[np.argsort(areas[inside], kind="stable")]
+            ends = np.searchsorted(areas[inside], np.arange(2, count + 1))
+            width = painted.shape[-1]
+            self._stroke_list = [
+                torch.from_numpy(np.stack(np.divmod(area, width), axis=1))
+                for area in (np.split(inside, ends) if count else [])
+            ]
+            self._stroke_key, self._stroke_turns = key, []
+        return self._stroke_list
 
     def _image_loss(
         self, logits: torch.Tensor, index: torch.Tensor, labels: torch.Tensor
@@ -670,6 +721,18 @@ class _Trainer:
         self.model.load_state_dict(saved.state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         return int(state["epoch"])
+
+
+def stack_windows(parts: list[tuple]) -> tuple:
+    """Several windows ``(images, maps, corrections, features, keep)`` as one batch."""
+    images, maps, corrections, features, keep = zip(*parts, strict=True)
+    return (
+        torch.cat(images),
+        torch.cat(maps),
+        None if corrections[0] is None else torch.cat(corrections),
+        [torch.cat(level) for level in zip(*features, strict=True)],
+        {head: torch.cat([k[head] for k in keep]) for head in keep[0]},
+    )
 
 
 def _read_labels(path: Path) -> np.ndarray:
