@@ -573,15 +573,10 @@ class _Trainer:
         key = tuple(index.tolist())
         if self._stroke_key != key:
             painted = (corrections != IGNORE).any(0)
-            areas, count = ndimage.label(painted.cpu().numpy())
-            areas = areas.ravel()
-            inside = np.flatnonzero(areas)  # row-major within each area, as sorted stably
-            inside = inside[np.argsort(areas[inside], kind="stable")]
-            ends = np.searchsorted(areas[inside], np.arange(2, count + 1))
-            width = painted.shape[-1]
+            areas, _ = ndimage.label(painted.cpu().numpy())
+            pixels = ndimage.value_indices(areas, ignore_value=0)  # row-major in each area
             self._stroke_list = [
-                torch.from_numpy(np.stack(np.divmod(area, width), axis=1))
-                for area in (np.split(inside, ends) if count else [])
+                torch.from_numpy(np.stack(pixels[area], axis=1)) for area in sorted(pixels)
             ]
             self._stroke_key, self._stroke_turns = key, []
         return self._stroke_list
