@@ -297,8 +297,11 @@ class LabelsMixin:
         path = self.session.add_version(path=saved)
         self._model, self._model_source = model, path
         self._refresh_versions()
+        # A round ends on the checked step that fit the whole region best, not always
+        # on its last (wsol.train.TrainConfig.heads_check_every).
+        kept = "" if result.kept_step is None else f"; weights of step {result.kept_step}"
         self.status.value = (
-            f"Saved {path.name} ({result.steps_done} steps, {result.seconds:.1f} s)."
+            f"Saved {path.name} ({result.steps_done} steps, {result.seconds:.1f} s{kept})."
         )
         if self.store is not None:
             self._then = self.run  # refresh the overlays with the new heads

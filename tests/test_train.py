@@ -402,3 +402,76 @@ def test_heads_windows_beyond_the_first_are_drawn_anywhere_and_all_train() -> No
     for y, x in dots:
         on_dots[y : y + 2, x : x + 2] = True
     assert float((after - before)[0][on_dots].mean()) > 0.05
+
+
+def test_heads_round_ends_on_the_checked_weights_that_fit_the_whole_region_best(
+    tmp_path: Path,
+) -> None:
+    import copy
+
+    from wsol.losses import keep_loss, partial_cross_entropy
+
+    data, corrections, _ = _painted_region()
+    model = _model()
+    size = (256, 256)
+    with torch.no_grad():
+        features = model.forward_features(model.normalize(data.images))
+        held = torch.softmax(model.fcam_logits(features, size), 1)
+    steps = 12
+    # Small windows and a high learning rate: the whole region's fit swings from step to step.
+    config = TrainConfig(
+        steps=steps, lr=1e-2, heads=("fcam",), cam_method="fcam", heads_crop=128, keep_weight=3.0
+    )
+
+    def round_with(check_every: int):
+        trial = copy.deepcopy(model)
+        snapshots = []
+        config.heads_check_every = check_every
+        result = train(
+            trial,
+            data,
+            "heads",
+            config,
+            checkpoint=tmp_path / f"every{check_every}.safetensors",
+            progress=lambda _: snapshots.append(_weights(trial.decoder)),
+        )
+        return trial, result, snapshots
+
+    @torch.no_grad()
+    def whole_objective(weights) -> float:
+        probe = copy.deepcopy(model)
+        for p, w in zip(probe.decoder.parameters(), weights, strict=True):
+            p.copy_(w)
+        logits = probe.fcam_logits(features, size)
+        unpainted = corrections == IGNORE
+        keep = keep_loss(logits, held, unpainted, fg_extra=config.keep_fg)
+        return float(partial_cross_entropy(logits, corrections)) + 3.0 * float(keep)
+
+    trial, result, snapshots = round_with(0)  # no checks: the round ends on its last step
+    assert result.kept_step is None and _same(_weights(trial.decoder), snapshots[-1])
+
+    scores = [whole_objective(w) for w in snapshots]
+    # Checks at least every 3 steps here: a check's 256 x 256 pixels stay under 1.5x the
+    # 3 steps' 128 x 128 windows.
+    for every, interval in ((1, 3), (4, 4)):
+        trial, result, checked = round_with(every)
+        assert all(_same(a, b) for a, b in zip(checked, snapshots, strict=True))  # same steps
+        candidates = [s for s in range(1, steps + 1) if s % interval == 0 or s == steps]
+        best = min(candidates, key=lambda s: scores[s - 1])
+        assert best != steps, scores  # the test needs a round whose last step is not its best
+        assert result.kept_step == best
+        assert _same(_weights(trial.decoder), snapshots[best - 1])
+        saved = wsol.load_model(tmp_path / f"every{every}.safetensors")  # the checkpoint too
+        assert _same(_weights(saved.decoder), snapshots[best - 1])
+
+
+def test_whole_region_checks_are_spaced_out_on_large_regions() -> None:
+    from wsol.train.loop import _Trainer
+
+    data, _, _ = _painted_region(size=512)
+    model = _model()
+    for every, crop, interval in ((5, 192, 5), (5, 128, 11), (0, 192, 0), (30, 192, 30)):
+        config = TrainConfig(heads=("fcam",), heads_crop=crop, heads_check_every=every)
+        assert _Trainer(model, data, "heads", config)._check_interval() == interval
+    config = TrainConfig(heads_check_every=5, epochs=1)
+    assert _Trainer(model, data, "fcam", config)._check_interval() == 0  # heads rounds only

@@ -23,14 +23,19 @@ Variants:
   2, ``wsol bench corrections --windows 2``).
 - ``l2sp-L``: an L2 pull of the heads' weights towards their round-start values
   (L2-SP, weight L / 2; ``l2sp-1``), which unlike the keep term acts on the whole region.
-- ``layer4``: the encoder's last stage trains with the decoder (from cached layer3
-  features; the classifier's CAMs then change too).
+- ``layer4`` / ``layer4-F``: the encoder's last stage trains with the decoder (from
+  cached layer3 features; the classifier's CAMs then change too), at F times the
+  decoder's learning rate (default 1).
 - ``sgd-LR``: SGD with momentum 0.9 at learning rate LR instead of AdamW (``sgd-0.01``).
   Adam's first steps move every weight by about the learning rate whatever its
   gradient, so weights the strokes barely touch drift too; SGD moves them in
   proportion to the gradient.
 - ``adam-eps-E``: AdamW with ``eps`` E (``adam-eps-1e-4``): gradients much smaller than
   E get SGD-like steps instead of full-size ones.
+- ``warmup-N``: the learning rate rises linearly to the round's over its first N steps,
+  so Adam's first steps, full-size in every weight while its second moments are still
+  empty, are small.
+- ``radam``: RAdam (decoupled weight decay), which damps Adam's first steps by itself.
 - ``cosine-LR``: the learning rate starts at LR and falls to 0 over the round on a
   cosine (``cosine-3e-4``), so the last steps settle instead of jumping.
 - ``avg-last-N``: the round ends on the mean of the weights after each of its last N
@@ -53,11 +58,14 @@ Variants:
 - ``paint-all``: the simulated user paints the whole ground truth every round instead
   of 10 disks, so every pixel of the region is a correction. An upper bound: what the
   round's fine-tuning can learn in its steps when nothing is left to guess.
+  The mask that keeps the strokes is then the truth itself, so read the head's own
+  mask ("head alone" in the output).
 - ``bf16``: the round's steps under bfloat16 autocast on the CPU (weights and optimizer
   stay float32; ``TrainConfig.cpu_precision``), as the app runs them on a CPU with native
   bfloat16: the same work in less time.
 - ``set-FIELD=VALUE[,FIELD=VALUE]``: any ``TrainConfig`` field for the round
   (``set-crf_weight=3.0``, ``set-seeds_per_class=32``).
+- ``A+B``: two variants at once (``paint-all+layer4-0.1``).
 
 ``--thresholds`` also prints, by round, the mean Dice at the threshold that is best for
 each region (an oracle: it reads the ground truth) and the mean of those thresholds, to
@@ -213,6 +221,27 @@ def _cosine(peak: float):
     return make
 
 
+def _warmup(steps: int):
+    def make(self, model, config) -> None:
+        step, calls = self.optimizer.step, [0]
+
+        def scheduled(*args, **kwargs):
+            for group in self.optimizer.param_groups:
+                group["lr"] = config.lr * min(1.0, (calls[0] + 1) / steps)
+            calls[0] += 1
+            return step(*args, **kwargs)
+
+        self.optimizer.step = scheduled
+
+    return make
+
+
+def _radam(self, model, config) -> None:
+    self.optimizer = torch.optim.RAdam(
+        self.params, lr=config.lr, weight_decay=config.weight_decay, decoupled_weight_decay=True
+    )
+
+
 def _freeze_deep(self, model, config) -> None:
     frozen = {id(p) for p in model.decoder.blocks[0].parameters()}
     for p in model.decoder.blocks[0].parameters():
@@ -356,7 +385,7 @@ def _l2sp(weight: float):
 
 
 @contextlib.contextmanager
-def _layer4():
+def _layer4(factor: float = 1.0):
     init, crop = loop._Trainer.__init__, loop._Trainer._crop
 
     def trainable(self, model, data, stage, config):
@@ -365,10 +394,15 @@ def _layer4():
             extra = list(model.encoder.layer4.parameters())
             for p in extra:
                 p.requires_grad_(True)
-            self.params = self.params + extra
             self.optimizer = torch.optim.AdamW(
-                self.params, lr=config.lr, weight_decay=config.weight_decay
+                [
+                    {"params": self.params},
+                    {"params": extra, "lr": config.lr * factor},
+                ],
+                lr=config.lr,
+                weight_decay=config.weight_decay,
             )
+            self.params = self.params + extra
 
     def recomputed(self, index, images, maps, corrections, features, keep, gen):
         out = list(crop(self, index, images, maps, corrections, features, keep, gen))
@@ -542,6 +576,22 @@ def _fill_largest():
 
 
 def _variant(name: str):
+    if "+" in name:
+        stack, settings = contextlib.ExitStack(), {}
+        patches = []
+        for part in name.split("+"):
+            patch, more = _variant(part)
+            patches.append(patch)
+            settings.update(more)
+
+        @contextlib.contextmanager
+        def combined():
+            with stack:
+                for patch in patches:
+                    stack.enter_context(patch)
+                yield
+
+        return combined(), settings
     if name == "base":
         return contextlib.nullcontext(), {}
     if name.startswith("keep-near-"):
@@ -560,6 +610,10 @@ def _variant(name: str):
         return _optimizer(_adam_eps(float(name.split("-", 2)[2]))), {}
     if name.startswith("cosine-"):
         return _optimizer(_cosine(float(name.split("-", 1)[1]))), {}
+    if name.startswith("warmup-"):
+        return _optimizer(_warmup(int(name.split("-", 1)[1]))), {}
+    if name == "radam":
+        return _optimizer(_radam), {}
     if name == "freeze-deep":
         return _optimizer(_freeze_deep), {}
     if name == "two-windows":
@@ -576,8 +630,8 @@ def _variant(name: str):
         return _windows(int(count), int(size)), {}
     if name.startswith("l2sp-"):
         return _l2sp(float(name.split("-", 1)[1])), {}
-    if name == "layer4":
-        return _layer4(), {}
+    if name == "layer4" or name.startswith("layer4-"):
+        return _layer4(float(name.split("-", 1)[1]) if "-" in name else 1.0), {}
     if name.startswith("avg-last-"):
         return _average_last(int(name.rsplit("-", 1)[1])), {}
     if name == "draw-strokes":
@@ -668,8 +722,12 @@ def main() -> None:
             label += f" ({args.repeats} seeds)"
             gain += "; by seed " + ", ".join(f"{g:+.1f}" for g in report["gain_by_seed"])
         dice = " -> ".join(f"{d:.1f}" for d in report["mean_dice"])
+        # With every pixel painted (paint-all) the kept mask is the truth itself: what the
+        # round learnt shows in the head's own mask.
+        alone = " -> ".join(f"{d:.1f}" for d in report["model_mean_dice"])
         print(
-            f"{label}: Dice {dice} ({gain}); strokes honoured fg {honoured['fg']}, "
+            f"{label}: Dice {dice} ({gain}); head alone {alone} "
+            f"({report['model_gain']:+.1f}); strokes honoured fg {honoured['fg']}, "
             f"bg {honoured['bg']}; round {report['median_round_seconds']:.2f} s median, "
             f"{report['max_round_seconds']:.2f} s max",
             flush=True,

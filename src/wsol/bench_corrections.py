@@ -94,6 +94,7 @@ def bench_corrections(
     crop: int = FINE_TUNE["crop"],
     focus: float = TrainConfig.heads_focus,
     windows: int = TrainConfig.heads_windows,
+    check_every: int = TrainConfig.heads_check_every,
     precision: str = FINE_TUNE["precision"],
     honour: bool = True,
     log=print,
@@ -133,6 +134,7 @@ def bench_corrections(
         "crop": crop,
         "focus": focus,
         "windows": windows,
+        "check_every": check_every,
         "precision": precision,
         "precision_used": dtype_name(autocast_dtype(base.device, precision)),
         "honour": honour,
@@ -233,6 +235,7 @@ def _correct_region(
         heads_crop=settings["crop"],
         heads_focus=settings["focus"],
         heads_windows=settings["windows"],
+        heads_check_every=settings["check_every"],
         cpu_precision=settings["precision"],
         seed=seed,
     )

@@ -194,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=2.0,
         help="heads stage: extra hold where that map is over 0.9 foreground (weight 1 + this)",
     )
+    p.add_argument(
+        "--check-every",
+        type=int,
+        help="heads stage: score the strokes and the held map on whole images every N steps "
+        "and end on the best weights (default 5; 0: end on the last)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--cam-method", default="gradcampp", help="CAM the seeds come from")
@@ -371,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--windows",
         type=int,
         help="fine-tuning windows per step, all but the first drawn anywhere (default 1)",
+    )
+    b.add_argument(
+        "--check-every",
+        type=int,
+        help="score the whole region every N fine-tuning steps and keep the best weights "
+        "(default: the app's; 0: keep the last)",
     )
     b.add_argument("--json", type=Path, help="write the report here")
     b = bench.add_parser("multilabel", help="MinMax-CAM vs the CAM family on two lesion types")
@@ -705,6 +717,8 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.cam_method not in _methods("all"):
         raise InputError(f"--cam-method {args.cam_method!r}: not a method")
+    if args.check_every is not None and args.check_every < 0:
+        raise InputError(f"--check-every {args.check_every}: must be >= 0")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = args.out
     # Resume from --out when it holds this stage's state, else start from --checkpoint.
@@ -740,6 +754,8 @@ def _train(args: argparse.Namespace) -> int:
         keep_weight=args.keep_weight,
         keep_fg=args.keep_fg,
     )
+    if args.check_every is not None:
+        config.heads_check_every = args.check_every
     stop = []
     previous = signal.signal(signal.SIGINT, lambda *_: stop.append(True))
 
@@ -766,9 +782,10 @@ def _train(args: argparse.Namespace) -> int:
         return 130
     if args.half:
         model.save(out, half=True)
+    kept = "" if result.kept_step is None else f" (kept step {result.kept_step}: best whole fit)"
     print(
         f"{args.stage}: {result.epochs_done} epoch(s), {result.steps_done} steps in "
-        f"{result.seconds:.1f} s -> {out}"
+        f"{result.seconds:.1f} s{kept} -> {out}"
     )
     return 0
 
@@ -939,6 +956,8 @@ def _bench_corrections(args: argparse.Namespace) -> int:
         raise InputError(f"--focus {args.focus}: must be between 0 and 1")
     if args.windows is not None and args.windows < 1:
         raise InputError(f"--windows {args.windows}: must be >= 1")
+    if args.check_every is not None and args.check_every < 0:
+        raise InputError(f"--check-every {args.check_every}: must be >= 0")
     if args.repeats < 1:
         raise InputError(f"--repeats {args.repeats}: must be >= 1")
     if args.regions < 1:
@@ -951,6 +970,7 @@ def _bench_corrections(args: argparse.Namespace) -> int:
         "keep_fg": args.keep_fg,
         "focus": args.focus,
         "windows": args.windows,
+        "check_every": args.check_every,
         "precision": args.precision,
     }
     report = bench_corrections(

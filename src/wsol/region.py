@@ -443,6 +443,7 @@ def fine_tune(
         result.seconds + guided.seconds,
         guided.cancelled,
         result.history + guided.history,
+        result.kept_step,
     )
 
 

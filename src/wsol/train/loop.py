@@ -7,6 +7,7 @@ seed and refuses to go on from a non-finite loss.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -139,6 +140,9 @@ class TrainConfig:
     keep_fg: float = 2.0  # "heads": extra hold where that map is > 0.9 foreground
     heads_focus: float = 0.75  # "heads": share of windows centred on a stroke, strokes in turn
     heads_windows: int = 1  # "heads": windows per step; all but the first drawn at random
+    # "heads": every this many steps (and at the last) score the strokes + keep terms on
+    # the whole images, and end the round on the weights that scored best (0: the last)
+    heads_check_every: int = 5
     negative_class: int | None = -1  # -1: class 0 of a two-class model, else none
     kernel_usage: float | None = None  # "classifier"/"guided": set Kernel Usage Regularization
     guide_method: str = "cam"  # "guided": the differentiable map the pixel labels act on
@@ -168,6 +172,7 @@ class TrainResult:
     seconds: float
     cancelled: bool = False
     history: list[dict[str, float]] = field(default_factory=list)  # mean losses per epoch
+    kept_step: int | None = None  # "heads" with checks: the step whose weights were kept
 
 
 def train(
@@ -307,6 +312,8 @@ class _Trainer:
         started = time.perf_counter()
         steps_done, cancelled, epochs_done = 0, False, start_epoch
         good = self._snapshot()
+        check = self._check_interval() if len(self.labelled) else 0
+        best_score, best, kept_step = math.inf, None, None
         for epoch in range(start_epoch, epochs):
             self._set_modes()
             gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
@@ -333,6 +340,11 @@ class _Trainer:
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v
                 steps_done += 1
+                if check and ((step + 1) % check == 0 or step + 1 == len(order)):
+                    score = self._whole_objective()
+                    if score < best_score:
+                        best_score, kept_step = score, step + 1
+                        best = self._snapshot(into=best)
                 if progress is not None:
                     progress(
                         TrainProgress(self.stage, epoch + 1, epochs, step + 1, len(order), values)
@@ -341,6 +353,8 @@ class _Trainer:
                     cancelled = True
                     break
             history.append({k: v / max(1, step + 1) for k, v in sums.items()})
+            if best is not None:  # before the save below: the checkpoint holds these too
+                self._restore(best)
             if cancelled:
                 break
             epochs_done = epoch + 1
@@ -350,7 +364,13 @@ class _Trainer:
             p.requires_grad_(True)
         self.model.eval()
         return TrainResult(
-            self.stage, epochs_done, steps_done, time.perf_counter() - started, cancelled, history
+            self.stage,
+            epochs_done,
+            steps_done,
+            time.perf_counter() - started,
+            cancelled,
+            history,
+            kept_step,
         )
 
     def _order(self, gen: torch.Generator, steps: int) -> list[torch.Tensor]:
@@ -662,6 +682,63 @@ class _Trainer:
                 )
                 out[h].append(torch.softmax(logits.float(), dim=1).cpu())
         return {h: torch.cat(parts) for h, parts in out.items()}
+
+    def _check_interval(self) -> int:
+        """Steps between checks of the whole images (0: none): ``heads_check_every``, or
+        more on large images, so the checks' pixels stay under 1.5x the steps' pixels.
+
+        A 512-px region with 192-px windows is checked every 5 steps, about a quarter of
+        the round's time; a 1536-px one every 43 steps instead of adding seconds.
+        """
+        every = self.config.heads_check_every
+        if self.stage != "heads" or every <= 0:
+            return 0
+        h, w = self.data.images.shape[-2:]
+        crop = self.config.heads_crop or max(h, w)
+        per_step = min(crop, h) * min(crop, w) * max(1, self.config.heads_windows)
+        per_step *= min(self.config.batch_size, len(self.data))
+        return max(every, math.ceil(len(self.data) * h * w / (1.5 * per_step)))
+
+    @torch.no_grad()
+    def _whole_objective(self) -> float:
+        """The strokes' partial CE plus the keep term, on the whole of every image.
+
+        A step sees one window, so the decoder swings between steps: over a round the
+        whole region's Dice can fall by ten points and recover (docs/BENCHMARKS.md). This
+        is what the windows estimate, measured where it counts, so the round can end on
+        the weights that fit the user's strokes and the held map best.
+        """
+        config, size = self.config, (self.data.images.shape[-2], self.data.images.shape[-1])
+        total = 0.0
+        for start in range(0, len(self.data), 16):
+            index = torch.arange(start, min(start + 16, len(self.data)))
+            feats = [f[index].to(self.device) for f in self.features]
+            corrections = self.data.corrections[index].long().to(self.device)
+            labels = self.data.labels[index].to(self.device)
+            unpainted = corrections == IGNORE
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                for h in config.heads:
+                    if h == "fcam":
+                        logits, target, weight = (
+                            self.model.fcam_logits(feats, size),
+                            corrections,
+                            1.0,
+                        )
+                    else:
+                        logits = self.model.pixel_logits(feats, size)
+                        target = self._pixel_labels(corrections, labels)
+                        weight = config.pixel_weight
+                    logits = logits.float()
+                    if (~unpainted).any():
+                        total += weight * float(partial_cross_entropy(logits, target)) * len(index)
+                    if h in self.keep and config.keep_weight > 0:
+                        held = self.keep[h][index].to(self.device)
+                        total += (
+                            config.keep_weight
+                            * float(keep_loss(logits, held, unpainted, fg_extra=config.keep_fg))
+                            * len(index)
+                        )
+        return total / len(self.data)
 
     @torch.no_grad()
     def _encode_all(self) -> list[torch.Tensor]:
