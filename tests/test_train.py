@@ -475,3 +475,8 @@ def test_whole_region_checks_are_spaced_out_on_large_regions() -> None:
         assert _Trainer(model, data, "heads", config)._check_interval() == interval
     config = TrainConfig(heads_check_every=5, epochs=1)
     assert _Trainer(model, data, "fcam", config)._check_interval() == 0  # heads rounds only
+    # Checks 11 steps apart in a round of 10: the last step alone, so none is run.
+    config = TrainConfig(heads=("fcam",), heads_crop=128, heads_check_every=5, steps=10)
+    assert train(model, data, "heads", config).kept_step is None
+    config.steps = 12
+    assert train(model, data, "heads", config).kept_step in (11, 12)

@@ -313,6 +313,7 @@ class _Trainer:
         steps_done, cancelled, epochs_done = 0, False, start_epoch
         good = self._snapshot()
         check = self._check_interval() if len(self.labelled) else 0
+        check = check if check < steps else 0
         best_score, best, kept_step = math.inf, None, None
         for epoch in range(start_epoch, epochs):
             self._set_modes()
@@ -688,7 +689,8 @@ class _Trainer:
         more on large images, so the checks' pixels stay under 1.5x the steps' pixels.
 
         A 512-px region with 192-px windows is checked every 5 steps, about a quarter of
-        the round's time; a 1536-px one every 43 steps instead of adding seconds.
+        the round's time; a 1536-px one every 43 steps instead of adding seconds, which
+        in a round of fewer steps means no check at all (one would have nothing to beat).
         """
         every = self.config.heads_check_every
         if self.stage != "heads" or every <= 0:
@@ -703,8 +705,8 @@ class _Trainer:
     def _whole_objective(self) -> float:
         """The strokes' partial CE plus the keep term, on the whole of every image.
 
-        A step sees one window, so the decoder swings between steps: over a round the
-        whole region's Dice can fall by ten points and recover (docs/BENCHMARKS.md). This
+        A step sees one window, so the decoder swings between steps: within a round the
+        whole region's Dice can fall by thirty points and recover (docs/BENCHMARKS.md). This
         is what the windows estimate, measured where it counts, so the round can end on
         the weights that fit the user's strokes and the held map best.
         """
