@@ -312,8 +312,7 @@ class _Trainer:
         started = time.perf_counter()
         steps_done, cancelled, epochs_done = 0, False, start_epoch
         good = self._snapshot()
-        check = self._check_interval() if len(self.labelled) else 0
-        check = check if check < steps else 0
+        checks = self._check_steps(steps) if len(self.labelled) else set()
         best_score, best, kept_step = math.inf, None, None
         for epoch in range(start_epoch, epochs):
             self._set_modes()
@@ -341,7 +340,7 @@ class _Trainer:
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v
                 steps_done += 1
-                if check and ((step + 1) % check == 0 or step + 1 == len(order)):
+                if step + 1 in checks:
                     score = self._whole_objective()
                     if score < best_score:
                         best_score, kept_step = score, step + 1
@@ -700,6 +699,15 @@ class _Trainer:
         per_step = min(crop, h) * min(crop, w) * max(1, self.config.heads_windows)
         per_step *= min(self.config.batch_size, len(self.data))
         return max(every, math.ceil(len(self.data) * h * w / (1.5 * per_step)))
+
+    def _check_steps(self, steps: int) -> set[int]:
+        """The steps after which the whole images are checked: every interval and the last,
+        less one too close to the last to differ from it; none if one would be left."""
+        every = self._check_interval()
+        if not every:
+            return set()
+        chosen = {s for s in range(every, steps, every) if steps - s >= every / 2} | {steps}
+        return chosen if len(chosen) > 1 else set()
 
     @torch.no_grad()
     def _whole_objective(self) -> float:
