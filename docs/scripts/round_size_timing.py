@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import torch
+from round_trace import app_round  # docs/scripts, beside this script
 
 import wsol.bench_corrections as bc
 from wsol.checkpoint import load_model
 from wsol.data import WSOLDataset
 from wsol.pseudo import IGNORE
-from wsol.session import fine_tune_defaults
-from wsol.train import TrainConfig, TrainData, train
+from wsol.train import TrainData, train
 
 
 def main() -> None:
@@ -36,7 +36,6 @@ def main() -> None:
 
     base = load_model(args.checkpoint)
     test = WSOLDataset(args.data / "test", base.config.class_names)
-    tune = fine_tune_defaults(base.device)
     for grid in args.grids:
         found = bc.mosaics(test, base.config.input_size, grid=grid, count=1)
         if not found:
@@ -49,19 +48,7 @@ def main() -> None:
                 model = copy.deepcopy(base)
                 corrections = torch.full(truth.shape, IGNORE, dtype=torch.long)
                 bc.paint(corrections, bc._predict(model, image, "fcam"), truth, 10, 4)
-                config = TrainConfig(
-                    steps=tune["steps"],
-                    batch_size=1,
-                    heads=("fcam",),
-                    lr=tune["lr"],
-                    cam_method="fcam",
-                    keep_weight=tune["keep_weight"],
-                    keep_fg=tune["keep_fg"],
-                    heads_crop=tune["crop"],
-                    heads_check_every=every,
-                    cpu_precision=tune["precision"],
-                    seed=seed,
-                )
+                config = app_round(base, check_every=every, seed=seed)
                 data = TrainData(image[None], torch.tensor([1]), corrections[None])
                 start = time.perf_counter()
                 result = train(model, data, "heads", config)

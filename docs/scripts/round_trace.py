@@ -27,6 +27,24 @@ from wsol.session import FINE_TUNE, fine_tune_defaults
 from wsol.train import TrainConfig, TrainData, train
 
 
+def app_round(model, *, check_every: int, seed: int, precision: str | None = None) -> TrainConfig:
+    """The app's F-CAM fine-tuning round on this machine (wsol.session.fine_tune_defaults)."""
+    tune = fine_tune_defaults(model.device)
+    return TrainConfig(
+        steps=tune["steps"],
+        batch_size=1,
+        heads=("fcam",),
+        lr=tune["lr"],
+        cam_method="fcam",
+        keep_weight=tune["keep_weight"],
+        keep_fg=tune["keep_fg"],
+        heads_crop=tune["crop"],
+        heads_check_every=check_every,
+        cpu_precision=precision or tune["precision"],
+        seed=seed,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data", type=Path)
@@ -48,20 +66,11 @@ def main() -> None:
     test = WSOLDataset(args.data / "test", model.config.class_names)
     image, truth = bc.mosaics(test, model.config.input_size, count=args.region + 1)[args.region]
     truth = truth.numpy()
-    tune = fine_tune_defaults(model.device)
-    config = TrainConfig(
-        steps=args.steps or tune["steps"],
-        batch_size=1,
-        heads=("fcam",),
-        lr=tune["lr"],
-        cam_method="fcam",
-        keep_weight=tune["keep_weight"],
-        keep_fg=tune["keep_fg"],
-        heads_crop=tune["crop"],
-        heads_check_every=args.check_every,
-        cpu_precision=args.precision,
-        seed=args.seed,
+    config = app_round(
+        model, check_every=args.check_every, seed=args.seed, precision=args.precision
     )
+    if args.steps:
+        config.steps = args.steps
     corrections = torch.full(truth.shape, IGNORE, dtype=torch.long)
 
     @torch.no_grad()
