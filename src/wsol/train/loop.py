@@ -675,21 +675,21 @@ class _Trainer:
         for start in range(0, len(self.data), 16):
             feats = [f[start : start + 16].to(self.device) for f in self.features]
             for h in self.config.heads:
-                logits = (
-                    self.model.fcam_logits(feats, size)
-                    if h == "fcam"
-                    else self.model.pixel_logits(feats, size)
-                )
+                logits = self._head_logits(h, feats, size)
                 out[h].append(torch.softmax(logits.float(), dim=1).cpu())
         return {h: torch.cat(parts) for h, parts in out.items()}
+
+    def _head_logits(self, head: str, features: list[torch.Tensor], size) -> torch.Tensor:
+        if head == "fcam":
+            return self.model.fcam_logits(features, size)
+        return self.model.pixel_logits(features, size)
 
     def _check_interval(self) -> int:
         """Steps between checks of the whole images (0: none): ``heads_check_every``, or
         more on large images, so the checks' pixels stay under 1.5x the steps' pixels.
 
         A 512-px region with 192-px windows is checked every 5 steps, about a quarter of
-        the round's time; a 1536-px one every 43 steps instead of adding seconds, which
-        in a round of fewer steps means no check at all (one would have nothing to beat).
+        the round's time; a 1536-px one every 43 steps instead of adding seconds.
         """
         every = self.config.heads_check_every
         if self.stage != "heads" or every <= 0:
@@ -728,17 +728,11 @@ class _Trainer:
             unpainted = corrections == IGNORE
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 for h in config.heads:
-                    if h == "fcam":
-                        logits, target, weight = (
-                            self.model.fcam_logits(feats, size),
-                            corrections,
-                            1.0,
-                        )
-                    else:
-                        logits = self.model.pixel_logits(feats, size)
+                    logits = self._head_logits(h, feats, size).float()
+                    target, weight = corrections, 1.0
+                    if h == "pixelcam":
                         target = self._pixel_labels(corrections, labels)
                         weight = config.pixel_weight
-                    logits = logits.float()
                     if (~unpainted).any():
                         total += weight * float(partial_cross_entropy(logits, target)) * len(index)
                     if h in self.keep and config.keep_weight > 0:
