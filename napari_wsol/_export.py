@@ -218,6 +218,7 @@ class ExportSessionMixin:
             (self.seeds, state.seeder, "seeds_per_class"),
             (self.heads, state.fine_tune, "heads"),
             (self.steps, state.fine_tune, "steps"),
+            (self.seconds, state.fine_tune, "seconds"),
             (self.lr, state.fine_tune, "lr"),
             (self.guide, state.fine_tune, "guide"),
         ):

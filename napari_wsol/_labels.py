@@ -215,6 +215,7 @@ class LabelsMixin:
             **self.session.state.fine_tune,
             "heads": list(self.heads.value),
             "steps": int(self.steps.value),
+            "seconds": float(self.seconds.value),
             "lr": float(self.lr.value),
             "guide": bool(self.guide.value),
         }
@@ -237,6 +238,7 @@ class LabelsMixin:
         tune = self.session.state.fine_tune
         config = TrainConfig(
             steps=int(self.steps.value),
+            heads_seconds=float(self.seconds.value) or None,
             batch_size=1,
             heads=heads,
             lr=float(self.lr.value),
@@ -300,8 +302,9 @@ class LabelsMixin:
         # A round ends on the checked step that fit the whole region best, not always
         # on its last (wsol.train.TrainConfig.heads_check_every).
         kept = "" if result.kept_step is None else f"; weights of step {result.kept_step}"
-        self.status.value = (
-            f"Saved {path.name} ({result.steps_done} steps, {result.seconds:.1f} s{kept})."
-        )
+        steps = f"{result.steps_done} steps"
+        if result.timed_out:  # a slow machine: the time limit ended the round early
+            steps = f"{result.steps_done} of {self.steps.value} steps in the time limit"
+        self.status.value = f"Saved {path.name} ({steps}, {result.seconds:.1f} s{kept})."
         if self.store is not None:
             self._then = self.run  # refresh the overlays with the new heads

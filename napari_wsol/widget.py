@@ -309,7 +309,12 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         tune = self.session.state.fine_tune
         self.heads = Select(label="heads", choices=["fcam", "pixelcam"], value=tune["heads"])
         _show_every_row(self.heads)
-        self.steps = SpinBox(label="steps", min=1, max=1000, value=tune["steps"])
+        self.steps = SpinBox(label="steps (at most)", min=1, max=1000, value=tune["steps"])
+        # A round stops early, on a step, to stay within this (0: every step), so it
+        # takes about as long on a slow CPU as on a fast one, with fewer steps there.
+        self.seconds = FloatSpinBox(
+            label="time limit (s)", min=0.0, max=3600.0, step=0.5, value=tune["seconds"]
+        )
         self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1e-1, step=1e-4)
         # Decimals first: the spin box rounds its value to them (1.5e-4 became 1e-4).
         self.lr.native.setDecimals(6)
@@ -327,6 +332,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
             widgets=[
                 self.heads,
                 self.steps,
+                self.seconds,
                 self.lr,
                 self.guide,
                 self.guide_info,
@@ -413,7 +419,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         self.open_session_button.changed.connect(self._open_session_dialog)
         for widget in (self.seed_method, self.bg_fraction, self.erode, self.seeds):
             widget.changed.connect(self._seeder_changed)
-        for widget in (self.heads, self.steps, self.lr, self.guide):
+        for widget in (self.heads, self.steps, self.seconds, self.lr, self.guide):
             widget.changed.connect(self._tune_changed)
         self._update_session_info()
 

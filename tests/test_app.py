@@ -532,11 +532,10 @@ def test_masks_keep_the_corrections_on_screen_in_the_area_and_in_exports(
 
 
 def test_train_tab_starts_from_the_measured_fine_tune_defaults(viewer) -> None:
-    from wsol.session import fine_tune_defaults
+    from wsol.session import FINE_TUNE as tune
 
     widget = _dock(viewer)
-    tune = fine_tune_defaults()
-    assert widget.steps.value == tune["steps"]
+    assert widget.steps.value == tune["steps"] and widget.seconds.value == tune["seconds"]
     assert widget.lr.value == pytest.approx(tune["lr"])  # 1.5e-4, not rounded to 1e-4
     assert list(widget.heads.value) == tune["heads"]
 
@@ -576,7 +575,7 @@ def test_fine_tune_adds_a_version_refreshes_overlays_and_reverts(app, qtbot) -> 
     widget.threshold.value = 0.5
     mask = _mask_made(qtbot, viewer, widget)
     levels_before = L.shown_levels(viewer.layers["fcam"])
-    widget.steps.value = 5
+    widget.steps.value, widget.seconds.value = 5, 0.0  # every step, however slow CI is
     widget.fine_tune()
     _wait(qtbot, widget)  # the round ...
     _wait(qtbot, widget)  # ... and the overlays recomputed with it
@@ -676,13 +675,28 @@ def test_faithfulness_of_the_view_matches_the_engine(app, qtbot) -> None:
 def test_fine_tune_cancel_keeps_the_version(app, qtbot) -> None:
     viewer, widget, _ = app
     _labels_of(viewer, widget, qtbot)
-    widget.steps.value = 400
+    widget.steps.value, widget.seconds.value = 400, 0.0
     widget.fine_tune()
     qtbot.waitUntil(lambda: "step" in widget.train_info.value, timeout=60_000)
     widget.cancel()
     _wait(qtbot, widget)
     assert "cancelled" in widget.status.value
     assert widget.session.state.current == 0 and not widget.session.state.versions
+
+
+def test_a_fine_tune_round_ends_within_its_time_limit(app, qtbot) -> None:
+    viewer, widget, _ = app
+    _labels_of(viewer, widget, qtbot)
+    widget.steps.value, widget.seconds.value = 400, 1.0
+    assert widget.session.state.fine_tune["seconds"] == 1.0  # saved with the session
+    widget.fine_tune()
+    _wait(qtbot, widget)  # the round ...
+    _wait(qtbot, widget)  # ... and the overlays recomputed with it
+    # A round of 400 steps would take minutes here; the limit ends it, and it is saved.
+    assert widget.session.state.current == 1
+    last = widget.train_info.value  # the round's last step: "heads step 12/400: ..."
+    assert last.startswith("heads step ") and "/400:" in last, last
+    assert 1 <= int(last.split()[2].split("/")[0]) < 400
 
 
 # ---------------------------------------------------------------- export & session
@@ -768,7 +782,7 @@ def test_session_round_trip_reproduces_the_layers(
     _mask_made(qtbot, viewer, widget)
     widget.diff_a.value, widget.diff_b.value = "fcam", "cam"
     widget.show_disagreement()
-    widget.steps.value, widget.lr.value = 7, 3.5e-4
+    widget.steps.value, widget.lr.value, widget.seconds.value = 7, 3.5e-4, 2.5
     _, corrections = _labels_of(viewer, widget, qtbot)
     with corrections.block_history():
         corrections.paint((30, 40), 2)
@@ -795,6 +809,7 @@ def test_session_round_trip_reproduces_the_layers(
     assert sorted(layer.name for layer in other.layers) == names  # no second mask made
     assert restored.methods.value == widget.methods.value
     assert restored.steps.value == 7 and restored.lr.value == pytest.approx(3.5e-4)
+    assert restored.seconds.value == 2.5
 
 
 def test_open_session_names_a_bad_folder(app, tmp_path: Path) -> None:

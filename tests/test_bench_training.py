@@ -132,6 +132,9 @@ def test_bench_quality_and_corrections_from_the_command_line(
     assert len(data["mean_dice"]) == 3
     assert [run["seed"] for run in data["runs"]] == [0, 1]
     assert len(data["runs"][1]["regions"][0]["round_seconds"]) == 2
+    # The app's time limit per round is on by default; the steps each round took are kept.
+    assert data["settings"]["seconds"] == 4.5 and data["settings"]["steps"] == 3
+    assert all(1 <= n <= 3 for n in data["runs"][1]["regions"][0]["round_steps"])
     # The headline is the mean over the seeds, not one seed's figure.
     gains = data["gain_by_seed"]
     assert data["gain"] == pytest.approx(sum(gains) / 2)

@@ -585,7 +585,8 @@ def test_bench_quality_refuses_a_map_that_cannot_seed_fcam(tmp_path: Path, seeds
     [("--seeds", "nope", "not a method"), ("--keep", "-1", "must be >= 0"),
      ("--focus", "1.5", "between 0 and 1"), ("--repeats", "0", "must be >= 1"),
      ("--regions", "0", "must be >= 1"), ("--keep-fg", "-1", "must be >= 0"),
-     ("--windows", "0", "must be >= 1"), ("--check-every", "-1", "must be >= 0")],
+     ("--windows", "0", "must be >= 1"), ("--check-every", "-1", "must be >= 0"),
+     ("--seconds", "-1", "must be >= 0")],
 )  # fmt: skip
 def test_bench_corrections_refuses_bad_settings(
     tmp_path: Path, capsys, option: str, value: str, message: str
@@ -624,3 +625,5 @@ def test_train_heads_refits_only_the_named_head(tmp_path: Path, capsys) -> None:
     assert "heads must be fcam and/or pixelcam" in capsys.readouterr().err
     assert main([*bad, "--check-every", "-1"]) == 2
     assert "--check-every -1: must be >= 0" in capsys.readouterr().err
+    assert main([*bad, "--seconds", "-2"]) == 2
+    assert "--seconds -2.0: must be >= 0" in capsys.readouterr().err

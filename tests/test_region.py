@@ -297,4 +297,4 @@ def test_an_older_session_file_gets_the_new_fine_tune_defaults(tmp_path: Path) -
     tune = Session.load(folder).state.fine_tune
     assert tune["heads"] == ["pixelcam"] and tune["steps"] == 15 and tune["lr"] == 3e-4
     assert tune["keep_weight"] == FINE_TUNE["keep_weight"] and tune["crop"] == FINE_TUNE["crop"]
-    assert tune["keep_fg"] == FINE_TUNE["keep_fg"]
+    assert tune["keep_fg"] == FINE_TUNE["keep_fg"] and tune["seconds"] == FINE_TUNE["seconds"]

@@ -322,18 +322,15 @@ def test_heads_round_in_cpu_bfloat16_learns_the_strokes() -> None:
     assert pull_low > 0.05 and drift_low < 0.7 * pull_low, (pull_low, drift_low)
 
 
-def test_fine_tune_defaults_double_the_steps_in_reduced_precision(monkeypatch) -> None:
-    import wsol.precision
-    from wsol.session import FINE_TUNE, SessionState, fine_tune_defaults
+def test_fine_tune_defaults_limit_a_round_by_time_not_by_machine() -> None:
+    from wsol.session import FINE_TUNE, SessionState
 
-    assert fine_tune_defaults("cuda")["steps"] == 40  # float16 on CUDA
-    monkeypatch.setattr(wsol.precision, "cpu_has_native_bf16", lambda: True)
-    assert fine_tune_defaults("cpu")["steps"] == 40
-    assert SessionState(slide="s.svs").fine_tune["steps"] == 40
-    monkeypatch.setattr(wsol.precision, "cpu_has_native_bf16", lambda: False)
-    assert fine_tune_defaults("cpu") == FINE_TUNE and FINE_TUNE["steps"] == 20
-    # A session saved with its own steps keeps them.
-    assert SessionState(slide="s.svs", fine_tune={"steps": 7}).fine_tune["steps"] == 7
+    # Every machine gets up to 40 steps, as many as fit 4.5 s (TrainConfig.heads_seconds).
+    assert FINE_TUNE["steps"] == 40 and FINE_TUNE["seconds"] == 4.5
+    assert SessionState(slide="s.svs").fine_tune == FINE_TUNE
+    # A session saved with its own steps keeps them, and gets the limit it lacked.
+    older = SessionState(slide="s.svs", fine_tune={"steps": 20}).fine_tune
+    assert older["steps"] == 20 and older["seconds"] == 4.5
 
 
 def _painted_region(size: int = 256) -> tuple[TrainData, torch.Tensor, list[tuple[int, int]]]:
@@ -486,3 +483,109 @@ def test_whole_region_checks_are_spaced_out_on_large_regions() -> None:
     ) == [5, 10, 15, 20, 25, 30, 35, 40]
     config.steps = 12
     assert train(model, data, "heads", config).kept_step is None
+
+
+def test_a_heads_round_under_a_time_limit_ends_early(monkeypatch) -> None:
+    import copy
+    import time
+
+    from wsol.train import loop
+
+    data, _, _ = _painted_region()
+    model = _model()
+    config = TrainConfig(
+        steps=30, heads=("fcam",), cam_method="fcam", heads_crop=128, heads_check_every=4
+    )
+    started = time.perf_counter()
+    every_step = train(copy.deepcopy(model), data, "heads", config)
+    whole = time.perf_counter() - started
+    assert every_step.steps_done == 30 and not every_step.timed_out
+    assert every_step.kept_step is not None
+
+    def limited(seconds: float):
+        config.heads_seconds = seconds
+        trial, snapshots = copy.deepcopy(model), []
+        started = time.perf_counter()
+        result = train(
+            trial,
+            data,
+            "heads",
+            config,
+            progress=lambda _: snapshots.append(_weights(trial.decoder)),
+        )
+        return result, time.perf_counter() - started, _weights(trial.decoder), snapshots
+
+    # Time to spare: every step and every check, as without a limit.
+    result, _, _, _ = limited(10 * whole)
+    assert not result.timed_out and result.steps_done == 30
+    assert result.kept_step == every_step.kept_step
+
+    # 40% of the round's time, as on a machine 2.5x slower: after 3 steps the round sees
+    # that its steps and checks cannot all fit, drops the checks for steps and ends on
+    # its last step within the limit.
+    result, took, weights, snapshots = limited(0.4 * whole)
+    assert result.timed_out and 3 <= result.steps_done < 30
+    assert result.kept_step is None and _same(weights, snapshots[-1])
+    assert took <= config.heads_seconds + 0.25 * whole + 2 * whole / 30, (took, whole)
+
+    # Were the checks kept (the decision never made), the round would still end on
+    # checked weights: every 4th step's, or its last step's, which gets the check that
+    # the limit kept room for.
+    monkeypatch.setattr(loop, "CHECKS_DECIDED_AFTER", 10**6)
+    result, _, weights, snapshots = limited(0.4 * whole)
+    assert result.timed_out and 1 <= result.steps_done < 30
+    assert result.kept_step in {*range(4, result.steps_done + 1, 4), result.steps_done}
+    assert _same(weights, snapshots[result.kept_step - 1])
+
+    # Without corrections there is nothing to check: the limit alone ends the round.
+    config.heads_seconds = 1e-9
+    result = train(copy.deepcopy(model), TrainData(data.images, data.labels), "heads", config)
+    assert result.timed_out and result.steps_done == 1 and result.kept_step is None
+
+
+def test_the_round_clock_makes_room_for_a_step_and_its_check() -> None:
+    import time
+
+    from wsol.train.loop import _RoundClock
+
+    def clock(left: float, steps: list[float], check: float | None = None) -> _RoundClock:
+        return _RoundClock(time.perf_counter() + left, 2.0, steps, check)
+
+    assert clock(-1.0, []).room_for_step(checked=True)  # a round takes at least one step
+    # The first step (5 s: one-off set-up) is left out; a step is 0.1 s, a check
+    # unmeasured is guessed at 2 steps.
+    assert clock(0.5, [5.0, 0.1, 0.1]).room_for_step(checked=True)
+    assert not clock(0.25, [5.0, 0.1, 0.1]).room_for_step(checked=True)
+    assert clock(0.25, [5.0, 0.1, 0.1]).room_for_step(checked=False)
+    assert not clock(0.5, [5.0, 0.1, 0.1], check=0.45).room_for_step(checked=True)  # measured
+    assert not clock(1.0, [5.0]).room_for_step(checked=False)  # one step: its own time
+    # The rest of a round: 5 steps and 2 checks take 0.9 s, 8 steps and 2 checks 1.2 s.
+    assert clock(1.0, [5.0, 0.1, 0.1], check=0.2).fits(5, 2)
+    assert not clock(1.0, [5.0, 0.1, 0.1], check=0.2).fits(8, 2)
+
+
+def test_the_time_limit_is_per_512_px_square_of_images() -> None:
+    from wsol.train.loop import _Trainer
+
+    model = _model()
+    config = TrainConfig(heads=("fcam",), heads_seconds=4.0)
+    for size, limit in ((256, 4.0), (512, 4.0), (1024, 16.0)):
+        data, _, _ = _painted_region(size=size)
+        assert _Trainer(model, data, "heads", config)._clock(10.0).deadline == 10.0 + limit
+    config.heads_seconds = None
+    assert _Trainer(model, data, "heads", config)._clock(10.0) is None
+
+
+def test_a_guided_round_takes_as_many_steps_as_its_heads_round() -> None:
+    from wsol.region import fine_tune
+
+    data, corrections, _ = _painted_region()
+    rgb = data.images[0].permute(1, 2, 0).numpy()
+    painted = (corrections[0] + 1).numpy().astype("uint8")  # napari's values: 0 none
+    config = TrainConfig(
+        steps=30, heads=("fcam",), cam_method="fcam", heads_crop=128, heads_seconds=1e-9
+    )
+    # The limit ends the heads round after one step; the encoder's guided steps follow
+    # it, rather than taking all 30 on a machine that could not afford the heads' 30.
+    result = fine_tune(_model(), rgb, 1, painted, config, guide=True)
+    assert result.stage == "heads+guided" and result.steps_done == 1 + 1

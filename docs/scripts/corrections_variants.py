@@ -82,7 +82,9 @@ how many of each lie more than 48 px from any stroke (means per region).
 Every variant starts from the float32 round of 20 steps, the app's defaults until
 2026-11-22 and still on a CPU without native bfloat16, on which the variant rows in
 docs/BENCHMARKS.md were measured; ``--precision auto --steps 40`` starts from today's
-defaults on a CPU with native bfloat16.
+defaults on a CPU with native bfloat16. A variant's rounds take all their steps, without
+the app's time limit (``TrainConfig.heads_seconds``), so the figures do not depend on the
+machine's speed.
 ``--steps N`` changes the steps per round for every variant run, ``--radius R`` the
 simulated user's disks (4 px, the app's brush, by default). With ``--fill-largest`` the
 simulated user paints, each round, the largest error region whole (as a big brush or
@@ -707,6 +709,7 @@ def main() -> None:
                 radius=args.radius,
                 log=lambda *a: None,
                 steps=args.steps or 20,
+                seconds=None,  # every step: the variants compare settings, not machines
                 precision=args.precision,
             )
         honoured = {

@@ -23,13 +23,14 @@ from wsol.checkpoint import load_model
 from wsol.data import WSOLDataset
 from wsol.losses import keep_loss, partial_cross_entropy
 from wsol.pseudo import IGNORE
-from wsol.session import FINE_TUNE, fine_tune_defaults
+from wsol.session import FINE_TUNE
 from wsol.train import TrainConfig, TrainData, train
 
 
 def app_round(model, *, check_every: int, seed: int, precision: str | None = None) -> TrainConfig:
-    """The app's F-CAM fine-tuning round on this machine (wsol.session.fine_tune_defaults)."""
-    tune = fine_tune_defaults(model.device)
+    """The app's F-CAM fine-tuning round (wsol.session.FINE_TUNE), all of its steps: no
+    time limit, so a trace does not depend on the machine's speed."""
+    tune = FINE_TUNE
     return TrainConfig(
         steps=tune["steps"],
         batch_size=1,

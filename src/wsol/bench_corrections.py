@@ -31,7 +31,7 @@ from wsol.machine import describe as describe_machine
 from wsol.precision import autocast_dtype, dtype_name
 from wsol.pseudo import BG, FG, IGNORE
 from wsol.region import honour_corrections
-from wsol.session import FINE_TUNE, fine_tune_defaults
+from wsol.session import FINE_TUNE
 from wsol.train import TrainConfig, TrainData, train
 
 
@@ -86,7 +86,8 @@ def bench_corrections(
     regions: int = 12,
     repeats: int = 3,
     heads: tuple[str, ...] = ("fcam",),
-    steps: int | None = None,
+    steps: int = FINE_TUNE["steps"],
+    seconds: float | None = FINE_TUNE["seconds"],
     lr: float = FINE_TUNE["lr"],
     seed_method: str | None = None,
     keep_weight: float = FINE_TUNE["keep_weight"],
@@ -104,15 +105,14 @@ def bench_corrections(
     The whole benchmark runs ``repeats`` times, with fine-tuning seeds 0, 1, ...: which
     windows and seed pixels a round draws moves the 12-region gain by about two points,
     so the headline figures are means over the repeats. ``seed_method`` None seeds from
-    the corrected head's own map. ``steps`` None and ``precision`` are the app's
-    defaults for this machine (:func:`wsol.session.fine_tune_defaults`): 40 steps in
-    bfloat16 on a CPU with native bfloat16, else 20 in float32.
+    the corrected head's own map. ``steps``, ``seconds`` and ``precision`` are the app's
+    defaults (:data:`wsol.session.FINE_TUNE`): up to 40 steps, as many as fit 4.5 s per
+    round on this machine (so the gain then depends on the machine's speed; ``seconds``
+    None or 0 takes every step), in bfloat16 on a CPU with native bfloat16.
     """
     if repeats < 1 or regions < 1:
         raise ValueError(f"repeats and regions must be >= 1, got {repeats} and {regions}")
     base = load_model(checkpoint)
-    if steps is None:
-        steps = fine_tune_defaults(base.device)["steps"]
     seed_method = seed_method or heads[0]
     size = base.config.input_size
     test = WSOLDataset(Path(data) / "test", base.config.class_names)
@@ -127,6 +127,7 @@ def bench_corrections(
         "radius": radius,
         "heads": list(heads),
         "steps": steps,
+        "seconds": seconds or None,
         "lr": lr,
         "seed_method": seed_method,
         "keep_weight": keep_weight,
@@ -147,7 +148,9 @@ def bench_corrections(
             log(
                 f"seed {seed}, region {r}: Dice "
                 + " -> ".join(f"{s:.1f}" for s in result["dice"])
-                + f"; round {statistics.median(result['round_seconds']):.2f} s"
+                + f"; round {statistics.median(result['round_seconds']):.2f} s, "
+                + "/".join(str(n) for n in result["round_steps"])
+                + " steps"
             )
             results.append(result)
         mean = [statistics.mean(res["dice"][i] for res in results) for i in range(rounds + 1)]
@@ -178,6 +181,7 @@ def bench_corrections(
         statistics.mean(run["model_mean_dice"][i] for run in runs) for i in range(rounds + 1)
     ]
     all_times = [t for run in runs for res in run["regions"] for t in res["round_seconds"]]
+    all_steps = [n for run in runs for res in run["regions"] for n in res["round_steps"]]
     return {
         "checkpoint": str(checkpoint),
         "runs": runs,
@@ -196,6 +200,8 @@ def bench_corrections(
         },
         "median_round_seconds": statistics.median(all_times),
         "max_round_seconds": max(all_times),
+        "median_round_steps": statistics.median(all_steps),
+        "min_round_steps": min(all_steps),
         "machine": describe_machine(base.device),
         "settings": {
             **settings,
@@ -224,6 +230,7 @@ def _correct_region(
     head = settings["heads"][0]
     pred = _predict(model, image, head)
     scores, model_scores, times, honoured = [dice(pred, truth)], [dice(pred, truth)], [], []
+    steps_taken = []
     config = TrainConfig(
         steps=settings["steps"],
         batch_size=1,
@@ -236,6 +243,7 @@ def _correct_region(
         heads_focus=settings["focus"],
         heads_windows=settings["windows"],
         heads_check_every=settings["check_every"],
+        heads_seconds=settings["seconds"],
         cpu_precision=settings["precision"],
         seed=seed,
     )
@@ -243,8 +251,9 @@ def _correct_region(
         paint(corrections, pred, truth, settings["strokes_per_round"], settings["radius"])
         data = TrainData(image[None], torch.tensor([1]), corrections[None])
         start = time.perf_counter()
-        train(model, data, "heads", config)
+        result = train(model, data, "heads", config)
         times.append(time.perf_counter() - start)
+        steps_taken.append(result.steps_done)
         pred = _predict(model, image, head)
         model_scores.append(dice(pred, truth))
         honoured.append(stroke_fit(pred, corrections.numpy()))
@@ -256,6 +265,7 @@ def _correct_region(
         "dice": scores,
         "model_dice": model_scores,
         "round_seconds": times,
+        "round_steps": steps_taken,
         "strokes_honoured": honoured,
     }
 

@@ -200,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="heads stage: score the strokes and the held map on whole images every N steps "
         "and end on the best weights (default 5; 0: end on the last)",
     )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        help="heads stage: end early, on a step, to stay within this many seconds per "
+        "512x512 px of images (default: no limit, every step; the steps then depend on "
+        "the machine's speed)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--cam-method", default="gradcampp", help="CAM the seeds come from")
@@ -350,8 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--steps",
         type=int,
-        help="fine-tuning steps per round (default: the app's, 40 in bfloat16 on a CPU "
-        "with native bfloat16, else 20)",
+        help="most fine-tuning steps per round (default: the app's, 40)",
+    )
+    b.add_argument(
+        "--seconds",
+        type=float,
+        help="end each round early to stay within this many seconds, as the app does "
+        "(default: the app's, 4.5; 0: every step, so the result does not depend on the "
+        "machine's speed)",
     )
     b.add_argument(
         "--precision",
@@ -719,6 +732,8 @@ def _train(args: argparse.Namespace) -> int:
         raise InputError(f"--cam-method {args.cam_method!r}: not a method")
     if args.check_every is not None and args.check_every < 0:
         raise InputError(f"--check-every {args.check_every}: must be >= 0")
+    if args.seconds is not None and args.seconds < 0:
+        raise InputError(f"--seconds {args.seconds}: must be >= 0 (0: no limit)")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = args.out
     # Resume from --out when it holds this stage's state, else start from --checkpoint.
@@ -756,6 +771,8 @@ def _train(args: argparse.Namespace) -> int:
     )
     if args.check_every is not None:
         config.heads_check_every = args.check_every
+    if args.seconds is not None:
+        config.heads_seconds = args.seconds or None
     stop = []
     previous = signal.signal(signal.SIGINT, lambda *_: stop.append(True))
 
@@ -783,6 +800,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.half:
         model.save(out, half=True)
     kept = "" if result.kept_step is None else f" (kept step {result.kept_step}: best whole fit)"
+    if result.timed_out:
+        kept += f" (the --seconds {config.heads_seconds:g} limit ended it early)"
     print(
         f"{args.stage}: {result.epochs_done} epoch(s), {result.steps_done} steps in "
         f"{result.seconds:.1f} s{kept} -> {out}"
@@ -958,6 +977,8 @@ def _bench_corrections(args: argparse.Namespace) -> int:
         raise InputError(f"--windows {args.windows}: must be >= 1")
     if args.check_every is not None and args.check_every < 0:
         raise InputError(f"--check-every {args.check_every}: must be >= 0")
+    if args.seconds is not None and args.seconds < 0:
+        raise InputError(f"--seconds {args.seconds}: must be >= 0 (0: no limit)")
     if args.repeats < 1:
         raise InputError(f"--repeats {args.repeats}: must be >= 1")
     if args.regions < 1:
@@ -971,6 +992,7 @@ def _bench_corrections(args: argparse.Namespace) -> int:
         "focus": args.focus,
         "windows": args.windows,
         "check_every": args.check_every,
+        "seconds": args.seconds,
         "precision": args.precision,
     }
     report = bench_corrections(
@@ -998,10 +1020,13 @@ def _bench_corrections(args: argparse.Namespace) -> int:
         )
         print(f"{name} stroke pixels the mask agrees with, by round: {shares}")
     settings = report["settings"]
+    limit = f", at most {settings['seconds']:g} s" if settings["seconds"] else ""
     print(
         f"round time: median {report['median_round_seconds']:.2f} s, "
         f"max {report['max_round_seconds']:.2f} s "
-        f"({settings['steps']} steps in {settings['precision_used']})"
+        f"(up to {settings['steps']} steps{limit}, in {settings['precision_used']}; "
+        f"steps taken: median {report['median_round_steps']:g}, "
+        f"fewest {report['min_round_steps']})"
     )
     if args.json:
         _write_json(args.json, report)

@@ -408,10 +408,10 @@ def fine_tune(
     ``config`` carries the seeder (``cam_method``, ``bg_fraction``, ``erode``,
     ``seeds_per_class``) and the heads, steps and learning rate.
 
-    With ``guide`` the round then also runs the ``guided`` stage for ``config.steps``
-    steps: the corrections act on the classifier's own CAM, so the encoder (and every
-    map) changes. It needs painted corrections and costs a full forward and backward
-    through the encoder per step.
+    With ``guide`` the round then also runs the ``guided`` stage for as many steps as
+    the heads round took: the corrections act on the classifier's own CAM, so the
+    encoder (and every map) changes. It needs painted corrections and costs a full
+    forward and backward through the encoder per step.
     """
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise InputError(f"region pixels must be [H, W, 3], got {rgb.shape}")
@@ -433,8 +433,9 @@ def fine_tune(
     if not guide or result.cancelled:
         return result
     # One image: an epoch is one step. No augmentation, as in the heads stage, and
-    # all of the region in every step.
-    guided_config = replace(config, epochs=config.steps or 15, batch_size=1, augment=False)
+    # all of the region in every step; as many steps as the heads round took, which a
+    # time limit may have cut on a slow machine.
+    guided_config = replace(config, epochs=result.steps_done, batch_size=1, augment=False)
     guided = train(model, data, "guided", guided_config, progress=progress, should_stop=should_stop)
     return TrainResult(
         "heads+guided",

@@ -23,22 +23,22 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from wsol.atomic import atomic_path
 from wsol.errors import InputError
-from wsol.precision import autocast_dtype
 from wsol.region import PaintedLabels, Region
 
 # "Fine-tune heads" defaults, as `wsol bench corrections` measured them
 # (docs/BENCHMARKS.md): 192-px windows at lr 1.5e-4, each head held to its earlier map
-# where nothing is painted; 20 steps in float32, or REDUCED_PRECISION_STEPS where the
-# round runs in bfloat16 (a CPU with native bfloat16) or float16 (CUDA) and twice the
-# steps fit the same time. Older session files lack the later keys.
+# where nothing is painted; up to 40 steps, as many as fit 4.5 s on a 512-px region
+# (TrainConfig.heads_seconds): in bfloat16 on a CPU with native bfloat16, 40 took at
+# most 4.34 s; in float32 on a 2-core AVX2 CPU about 16 fit (resnet18). Older session
+# files lack the later keys.
 FINE_TUNE = {
     "heads": ["fcam"],
-    "steps": 20,
+    "steps": 40,
+    "seconds": 4.5,  # 0: no limit, every step
     "lr": 1.5e-4,
     "keep_weight": 3.0,
     "keep_fg": 2.0,
@@ -46,15 +46,6 @@ FINE_TUNE = {
     "guide": False,
     "precision": "auto",  # on a CPU: TrainConfig.cpu_precision; CUDA uses float16
 }
-REDUCED_PRECISION_STEPS = 40
-
-
-def fine_tune_defaults(device: str | torch.device = "cpu") -> dict:
-    """:data:`FINE_TUNE` for ``device``: its steps are what a ~5 s round affords there."""
-    tune = dict(FINE_TUNE)
-    if autocast_dtype(device, tune["precision"]) is not None:
-        tune["steps"] = REDUCED_PRECISION_STEPS
-    return tune
 
 
 SESSION_FILE = "session.json"
@@ -88,7 +79,7 @@ class SessionState:
             "seeds_per_class": 64,
         }
     )
-    fine_tune: dict = field(default_factory=fine_tune_defaults)
+    fine_tune: dict = field(default_factory=lambda: dict(FINE_TUNE))
 
     def __post_init__(self) -> None:
         # Session files written before a setting existed lack its key.
