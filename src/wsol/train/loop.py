@@ -450,14 +450,10 @@ class _Trainer:
         seconds = self.config.heads_seconds
         if self.stage != "heads" or not seconds or seconds <= 0:
             return None
-        h, w = self.data.images.shape[-2:]
-        area = len(self.data) * h * w
-        crop = self.config.heads_crop or max(h, w)
-        window = min(crop, h) * min(crop, w) * max(1, self.config.heads_windows)
-        window *= min(self.config.batch_size, len(self.data))
+        area = self._image_pixels()
         return _RoundClock(
             deadline=started + seconds * max(1.0, area / LIMIT_AREA),
-            check_guess=CHECK_PER_STEP_PIXEL * area / window,
+            check_guess=CHECK_PER_STEP_PIXEL * area / self._step_pixels(),
         )
 
     def _timed_check(self, clock: _RoundClock | None) -> float:
@@ -788,11 +784,19 @@ class _Trainer:
         every = self.config.heads_check_every
         if self.stage != "heads" or every <= 0:
             return 0
+        return max(every, math.ceil(self._image_pixels() / (1.5 * self._step_pixels())))
+
+    def _image_pixels(self) -> int:
+        """Pixels of all the images: what a whole-image check runs the heads on."""
+        h, w = self.data.images.shape[-2:]
+        return len(self.data) * h * w
+
+    def _step_pixels(self) -> int:
+        """Pixels a ``heads`` step trains on: its windows of every image in the batch."""
         h, w = self.data.images.shape[-2:]
         crop = self.config.heads_crop or max(h, w)
         per_step = min(crop, h) * min(crop, w) * max(1, self.config.heads_windows)
-        per_step *= min(self.config.batch_size, len(self.data))
-        return max(every, math.ceil(len(self.data) * h * w / (1.5 * per_step)))
+        return per_step * min(self.config.batch_size, len(self.data))
 
     def _check_steps(self, steps: int) -> set[int]:
         """The steps after which the whole images are checked: every interval and the last,
