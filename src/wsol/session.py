@@ -33,7 +33,7 @@ from wsol.region import PaintedLabels, Region
 # (docs/BENCHMARKS.md): 192-px windows at lr 1.5e-4, each head held to its earlier map
 # where nothing is painted; up to 40 steps, as many as fit 4.5 s on a 512-px region
 # (TrainConfig.heads_seconds): in bfloat16 on a CPU with native bfloat16, 40 took at
-# most 4.34 s; in float32 on a 2-core AVX2 CPU about 16 fit (resnet18). Older session
+# most 4.34 s; in float32 on a 2-core AVX2 CPU about 27 fit (resnet18). Older session
 # files lack the later keys.
 FINE_TUNE = {
     "heads": ["fcam"],

@@ -301,7 +301,6 @@ class _Trainer:
             model.classifier.kernel_usage = float(config.kernel_usage)
         if model.config.multilabel and data.present is None:
             raise InputError("a multi-label model needs data.present (the classes of each image)")
-        self._all = torch.arange(len(data))
         self.labelled = (
             torch.zeros(0, dtype=torch.long)
             if data.corrections is None
@@ -550,7 +549,7 @@ class _Trainer:
             if self.stage == "heads":
                 # A one-image round (the app's) takes the cached tensors as they are:
                 # indexing would copy the whole region's features at every step.
-                whole = len(index) == len(self.data) and bool((index == self._all).all())
+                whole = torch.equal(index, torch.arange(len(self.data)))
                 features = [f if whole else f[index] for f in self.features]
                 held = self.keep if self.config.keep_weight > 0 else {}
                 keep = {h: p if whole else p[index] for h, p in held.items()}
