@@ -7,6 +7,7 @@ session folder after every change, fine-tuning rounds become model versions.
 from __future__ import annotations
 
 import copy
+import time
 
 import numpy as np
 from qtpy.QtCore import QTimer
@@ -259,6 +260,7 @@ class LabelsMixin:
         slide = self._slide(self._source())
         target_name = self.target.value
         session = self.session
+        cache = self._round_cache
 
         def job():
             from wsol.region import fine_tune, read_region_rgb
@@ -268,13 +270,23 @@ class LabelsMixin:
             model = copy.deepcopy(self._model_for_job())
             names = list(model.config.class_names)
             target = names.index(target_name) if target_name in names else 1
+            started = time.perf_counter()
             result = yield from stream(
-                fine_tune, self._stop, model, rgb, target, corrections, config, guide=guide
+                fine_tune,
+                self._stop,
+                model,
+                rgb,
+                target,
+                corrections,
+                config,
+                guide=guide,
+                cache=cache,
             )
+            seconds = time.perf_counter() - started  # encoding included, unlike result's
             saved = None
             if not result.cancelled:  # written here: a 12 MB save would stall the viewer
                 saved = model.save(session.next_version_path())
-            return model, result, saved
+            return model, result, saved, seconds
 
         what = "Fine-tuning heads + guiding the CAM" if guide else "Fine-tuning heads"
         total = config.steps * (2 if guide else 1)
@@ -282,17 +294,17 @@ class LabelsMixin:
 
     def _train_progress(self, report) -> None:
         (p,) = report
-        if p.stage == "guided":  # one step per epoch on one region
-            self._set_progress(self.steps.value + p.epoch, 2 * self.steps.value)
+        if p.stage == "guided":  # one step per epoch, as many as the heads round took
+            self._set_progress(p.epochs + p.epoch, 2 * p.epochs)
             step, steps = p.epoch, p.epochs
-        else:
+        else:  # under a time limit p.steps is what the time left allows, not the cap
             self._set_progress(p.step, p.steps * (2 if self.guide.value else 1))
             step, steps = p.step, p.steps
         terms = ", ".join(f"{k} {v:.3f}" for k, v in p.losses.items())
         self.train_info.value = f"{p.stage} step {step}/{steps}: {terms}"
 
     def _train_done(self, payload) -> None:
-        model, result, saved = payload
+        model, result, saved, seconds = payload
         if result.cancelled:
             self.status.value = "Fine-tuning cancelled; the model version is unchanged."
             return
@@ -305,6 +317,6 @@ class LabelsMixin:
         steps = f"{result.steps_done} steps"
         if result.timed_out:  # a slow machine: the time limit ended the round early
             steps = f"{result.steps_done} of {self.steps.value} steps in the time limit"
-        self.status.value = f"Saved {path.name} ({steps}, {result.seconds:.1f} s{kept})."
+        self.status.value = f"Saved {path.name} ({steps}, {seconds:.1f} s{kept})."
         if self.store is not None:
             self._then = self.run  # refresh the overlays with the new heads

@@ -36,8 +36,17 @@ from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtGui import QMovie
 from qtpy.QtOpenGLWidgets import QOpenGLWidget
-from qtpy.QtWidgets import QScrollArea, QSizePolicy, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QLabel,
+    QScrollArea,
+    QSizePolicy,
+    QTabWidget,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_wsol import layers as L
 from napari_wsol._export import ExportSessionMixin
@@ -57,6 +66,7 @@ from wsol.region import (
 )
 from wsol.samples import sample_model_path
 from wsol.session import Session, SessionWriter, default_session_folder
+from wsol.train import RoundCache
 
 if TYPE_CHECKING:
     import napari
@@ -146,12 +156,18 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         self._model = None
         self._model_source: object = ()  # what self._model was loaded from
         self._slides: dict[str, object] = {}
+        # Each slide's tissue mask, detected by its first maps job: the refresh after
+        # every fine-tuning round then skips about a second of overview and thresholds.
+        self._tissue: dict[str, object] = {}
         self.store = None
         self.worker = None
         self._stop = threading.Event()
         self._pbar = None
         self._last_refresh = 0.0
         self._edit: dict | None = None  # region, pseudo labels, rgb of the labelled region
+        # The labelled region's encoder features and heads' maps, from one fine-tuning
+        # round to the next.
+        self._round_cache = RoundCache()
         self._edit_layer = None  # the image layer the pseudo-labels are on
         self._maps_layer = None  # the image layer the shown maps are of
         self._lead = None  # the overlay a run shows (LEAD_METHODS)
@@ -565,6 +581,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
             return False
         self._stop.clear()
         self._pbar = progress(total=total, desc=desc)
+        self._still_activity_indicator()
         # Passing "errored" here replaces napari's default handler, which re-raises.
         worker = create_worker(
             job,
@@ -581,6 +598,26 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         self.status.value = f"{desc}…"
         worker.start()
         return True
+
+    def _still_activity_indicator(self) -> None:
+        """Hold napari's animated "in progress" indicator on its first frame.
+
+        In a window with an OpenGL canvas each frame of that GIF makes Qt composite the
+        whole window through OpenGL. With a software renderer (Mesa's llvmpipe) that
+        took about one of two cores for as long as a job ran, away from the job: a
+        fine-tuning round on the view took 2.5x as long (docs/BENCHMARKS.md). The
+        progress bar in napari's activity dialog still moves with every step.
+        """
+        top = self
+        while top.parentWidget() is not None:  # the viewer's window, docked or floating
+            top = top.parentWidget()
+        button = top.findChild(QToolButton, "QtActivityButton")
+        if button is None or button.parentWidget() is None:
+            return
+        for label in button.parentWidget().findChildren(QLabel):
+            movie = label.movie()
+            if movie is not None and movie.state() == QMovie.MovieState.Running:
+                movie.setPaused(True)
 
     def _set_progress(self, done: int, total: int) -> None:
         if self._pbar is None:
@@ -744,6 +781,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         path = self.session.store_path()
         target_name = self.target.value
         refine = DenseCRFParams() if self.dense_crf.value else None
+        tissue_mask = self._tissue.get(slide_key(layer))
         self._run_layer = layer
         self._store_opened = False
         layers_made = self._layers_made = threading.Event()
@@ -776,6 +814,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
                 roi=roi.box,
                 tiles=tiles,
                 refine=refine,
+                tissue_mask=tissue_mask,
                 hold_after_first=layers_made,
                 **options,
             )
@@ -814,6 +853,8 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
 
     def _run_done(self, payload) -> None:
         result, levels = payload
+        if result.tissue_mask is not None:
+            self._tissue[slide_key(self._run_layer)] = result.tissue_mask
         self._open_store(result.store, self._run_layer, levels, spread=True)
         self._show_scores()
         n = result.tiles_run

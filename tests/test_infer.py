@@ -12,6 +12,7 @@ from wsol.cams import compute_many
 from wsol.errors import InputError
 from wsol.infer import MapStore, infer_slide, make_grid
 from wsol.slide import ImageSlide, open_slide
+from wsol.tissue import TissueMask, detect_tissue
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,30 @@ def test_pyramid_levels_are_box_averages(small_model, slide, tmp_path: Path) -> 
     h, w = fine.shape[0] // 2 * 2, fine.shape[1] // 2 * 2
     pooled = fine[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
     np.testing.assert_allclose(coarse[: h // 2, : w // 2], pooled, atol=2e-3)
+
+
+def test_a_given_tissue_mask_decides_the_tiles(small_model, slide, tmp_path: Path) -> None:
+    options = dict(level=0, min_tissue=0.5)
+    first = infer_slide(small_model, slide, tmp_path / "a.zarr", ["cam"], **options)
+    detected = detect_tissue(slide)
+    assert first.tissue_mask is not None
+    np.testing.assert_array_equal(first.tissue_mask.mask, detected.mask)
+    # The app passes the mask of its first run to the next: the same tiles are run.
+    again = infer_slide(
+        small_model, slide, tmp_path / "b.zarr", ["cam"], tissue_mask=first.tissue_mask, **options
+    )
+    assert again.tiles_total == first.tiles_total and again.tissue_mask is first.tissue_mask
+    # A mask that is used, not just returned: the detected tissue's upper half alone.
+    rows = np.flatnonzero(detected.mask.any(axis=1))
+    upper = detected.mask.copy()
+    upper[int(np.median(rows)) :] = False
+    mask = TissueMask(upper, detected.downsample, detected.threshold)
+    part = infer_slide(
+        small_model, slide, tmp_path / "c.zarr", ["cam"], tissue_mask=mask, **options
+    )
+    expected = mask.box_fractions(part.store.grid.level0_boxes()) >= 0.5
+    assert part.tiles_total == int(expected.sum()) < first.tiles_total
+    np.testing.assert_array_equal(part.store.tile_tissue().reshape(-1) >= 0.5, expected)
 
 
 def test_glass_tiles_are_skipped(small_model, slide, tmp_path: Path) -> None:

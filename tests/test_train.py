@@ -595,6 +595,12 @@ def test_the_round_clock_makes_room_for_a_step_and_its_check() -> None:
     # The rest of a round: 5 steps and 2 checks take 0.9 s, 8 steps and 2 checks 1.2 s.
     assert clock(1.0, [5.0, 0.1, 0.1], check=0.2).fits(5, 2)
     assert not clock(1.0, [5.0, 0.1, 0.1], check=0.2).fits(8, 2)
+    # What a progress bar is told the round's steps will be: the 3 done and those that
+    # fit in the time left (0.75 s: 7 steps, or 5 and the last check), at most the cap.
+    assert clock(0.75, [5.0, 0.1, 0.1]).expected_steps(40, checked=False) == 3 + 7
+    assert clock(0.75, [5.0, 0.1, 0.1], check=0.2).expected_steps(40, checked=True) == 3 + 5
+    assert clock(60.0, [5.0, 0.1, 0.1]).expected_steps(40, checked=False) == 40
+    assert clock(-1.0, [5.0, 0.1, 0.1]).expected_steps(40, checked=True) == 3  # past it
 
 
 def test_the_time_limit_is_per_512_px_square_of_images() -> None:

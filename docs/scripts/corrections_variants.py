@@ -174,8 +174,8 @@ def _seeds_near(radius: float):
 def _optimizer(make):
     original = loop._Trainer.__init__
 
-    def init(self, model, data, stage, config):
-        original(self, model, data, stage, config)
+    def init(self, model, data, stage, config, *rest):
+        original(self, model, data, stage, config, *rest)
         if stage == "heads":
             make(self, model, config)
 
@@ -370,8 +370,8 @@ def _stroke_term():
 def _l2sp(weight: float):
     init, step = loop._Trainer.__init__, loop._Trainer._step
 
-    def remember(self, model, data, stage, config):
-        init(self, model, data, stage, config)
+    def remember(self, model, data, stage, config, *rest):
+        init(self, model, data, stage, config, *rest)
         self._start = [p.detach().clone() for p in self.params]
 
     def pulled(self, index, epoch, gen):
@@ -390,8 +390,8 @@ def _l2sp(weight: float):
 def _layer4(factor: float = 1.0):
     init, crop = loop._Trainer.__init__, loop._Trainer._crop
 
-    def trainable(self, model, data, stage, config):
-        init(self, model, data, stage, config)
+    def trainable(self, model, data, stage, config, *rest):
+        init(self, model, data, stage, config, *rest)
         if stage == "heads":
             extra = list(model.encoder.layer4.parameters())
             for p in extra:

@@ -32,7 +32,7 @@ from wsol.precision import autocast_dtype, dtype_name
 from wsol.pseudo import BG, FG, IGNORE
 from wsol.region import honour_corrections
 from wsol.session import FINE_TUNE
-from wsol.train import TrainConfig, TrainData, train
+from wsol.train import RoundCache, TrainConfig, TrainData, train
 
 
 def mosaics(
@@ -98,6 +98,7 @@ def bench_corrections(
     check_every: int = TrainConfig.heads_check_every,
     precision: str = FINE_TUNE["precision"],
     honour: bool = True,
+    reuse: bool = True,
     log=print,
 ) -> dict:
     """Dice of each region after each round, and the time of each round.
@@ -108,7 +109,8 @@ def bench_corrections(
     the corrected head's own map. ``steps``, ``seconds`` and ``precision`` are the app's
     defaults (:data:`wsol.session.FINE_TUNE`): up to 40 steps, as many as fit 4.5 s per
     round on this machine (so the gain then depends on the machine's speed; ``seconds``
-    None or 0 takes every step), in bfloat16 on a CPU with native bfloat16.
+    None or 0 takes every step), in bfloat16 on a CPU with native bfloat16. With
+    ``reuse`` each region's rounds share a :class:`wsol.train.RoundCache`, as the app's do.
     """
     if repeats < 1 or regions < 1:
         raise ValueError(f"repeats and regions must be >= 1, got {repeats} and {regions}")
@@ -139,6 +141,7 @@ def bench_corrections(
         "precision": precision,
         "precision_used": dtype_name(autocast_dtype(base.device, precision)),
         "honour": honour,
+        "reuse": reuse,
     }
     runs = []
     for seed in range(repeats):
@@ -247,11 +250,12 @@ def _correct_region(
         cpu_precision=settings["precision"],
         seed=seed,
     )
+    cache = RoundCache()  # as the app keeps one for the region it corrects
     for _ in range(settings["rounds"]):
         paint(corrections, pred, truth, settings["strokes_per_round"], settings["radius"])
         data = TrainData(image[None], torch.tensor([1]), corrections[None])
         start = time.perf_counter()
-        result = train(model, data, "heads", config)
+        result = train(model, data, "heads", config, cache=cache if settings["reuse"] else None)
         times.append(time.perf_counter() - start)
         steps_taken.append(result.steps_done)
         pred = _predict(model, image, head)

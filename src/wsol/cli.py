@@ -378,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="score (and let the simulated user look at) the head's mask alone, without "
         "the strokes painted so far on top of it, which the app's masks honour",
     )
+    b.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="recompute the region's encoder features and the heads' maps at every round "
+        "instead of taking them over from the round before, as the app does",
+    )
     b.add_argument("--lr", type=float, help="fine-tuning learning rate (default: the app's)")
     b.add_argument("--crop", type=int, help="fine-tuning window side (default: the app's)")
     b.add_argument(
@@ -1004,6 +1010,7 @@ def _bench_corrections(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         seed_method=args.seeds,
         honour=not args.model_mask,
+        reuse=not args.no_reuse,
         log=_log,
         **{k: v for k, v in chosen.items() if v is not None},
     )

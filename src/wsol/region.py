@@ -27,7 +27,14 @@ from wsol.infer.grid import TileGrid
 from wsol.model import WSOLModel
 from wsol.pseudo import IGNORE, TRIMAP_BG, TRIMAP_FG, trimap
 from wsol.slide import Slide
-from wsol.train import TrainConfig, TrainData, TrainProgress, TrainResult, train
+from wsol.train import (
+    RoundCache,
+    TrainConfig,
+    TrainData,
+    TrainProgress,
+    TrainResult,
+    train,
+)
 
 NONE, BACKGROUND, FOREGROUND = 0, 1, 2
 
@@ -401,6 +408,7 @@ def fine_tune(
     progress: Callable[[TrainProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     guide: bool = False,
+    cache: RoundCache | None = None,
 ) -> TrainResult:
     """One round of the ``heads`` stage on one region, in place on ``model``.
 
@@ -412,6 +420,10 @@ def fine_tune(
     the heads round took: the corrections act on the classifier's own CAM, so the
     encoder (and every map) changes. It needs painted corrections and costs a full
     forward and backward through the encoder per step.
+
+    ``cache``: the same :class:`wsol.train.RoundCache` for every round on this region
+    (the app keeps one), so a round reuses the encoder features and the heads' maps of
+    the round before instead of recomputing them.
     """
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise InputError(f"region pixels must be [H, W, 3], got {rgb.shape}")
@@ -429,7 +441,9 @@ def fine_tune(
     if guide and (painted is None or not (painted != IGNORE).any()):
         raise InputError("guiding the CAM needs corrections: paint some pixels first")
     data = TrainData(image, torch.tensor([int(target)]), painted)
-    result = train(model, data, "heads", config, progress=progress, should_stop=should_stop)
+    result = train(
+        model, data, "heads", config, progress=progress, should_stop=should_stop, cache=cache
+    )
     if not guide or result.cancelled:
         return result
     # One image: an epoch is one step. No augmentation, as in the heads stage, and

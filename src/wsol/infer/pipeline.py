@@ -22,7 +22,7 @@ from wsol.model import WSOLModel
 from wsol.precision import autocast_dtype, dtype_name
 from wsol.refine import DenseCRFParams, dense_crf
 from wsol.slide import Slide
-from wsol.tissue import detect_tissue
+from wsol.tissue import TissueMask, detect_tissue
 
 Progress = Callable[[int, int], None]
 
@@ -35,6 +35,7 @@ class InferenceResult:
     seconds: float
     cancelled: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    tissue_mask: TissueMask | None = None  # the slide's, as given or detected
 
     @property
     def tiles_per_second(self) -> float:
@@ -64,6 +65,7 @@ def infer_slide(
     should_stop: Callable[[], bool] | None = None,
     tiles: np.ndarray | None = None,
     refine: DenseCRFParams | None = None,
+    tissue_mask: TissueMask | None = None,
     **cam_options: object,
 ) -> InferenceResult:
     """Compute ``methods`` over a slide and stream the maps into a zarr store at ``out``.
@@ -120,6 +122,11 @@ def infer_slide(
     refine : DenseCRFParams, optional
         Refine every tile's maps with the dense CRF on the tile's pixels
         (:func:`wsol.refine.dense_crf`) before they are blended and stored.
+    tissue_mask : TissueMask, optional
+        This slide's tissue mask, from :func:`wsol.tissue.detect_tissue` or an earlier
+        result's ``tissue_mask``: a caller that runs the slide again (the app, after each
+        fine-tuning round) saves reading and thresholding its overview, about a second
+        for a small slide on a 2-core CPU. Default: detected when a store is made.
     **cam_options
         Passed to :func:`wsol.cams.compute_many`.
 
@@ -167,8 +174,16 @@ def infer_slide(
         "refine": None if refine is None else asdict(refine),
         "precision": dtype_name(dtype),
     }
-    store = _open_or_create(
-        Path(out), grid, methods, list(config.class_names), settings, slide, tissue, resume
+    store, tissue_mask = _open_or_create(
+        Path(out),
+        grid,
+        methods,
+        list(config.class_names),
+        settings,
+        slide,
+        tissue,
+        resume,
+        tissue_mask,
     )
     tile_tissue = store.tile_tissue().reshape(-1)
     selected = tile_tissue >= (min_tissue if tissue else 0.0)
@@ -178,11 +193,11 @@ def infer_slide(
         selected &= keep
     total = int(selected.sum())
     if store.complete:
-        return InferenceResult(store, total, 0, 0.0)
+        return InferenceResult(store, total, 0, 0.0, tissue_mask=tissue_mask)
     plan = _Plan(grid, store, np.flatnonzero(selected), roi)
     if not len(plan.order):
         store.set_complete(0.0)
-        return InferenceResult(store, total, 0, 0.0)
+        return InferenceResult(store, total, 0, 0.0, tissue_mask=tissue_mask)
 
     runner = _Runner(model, slide, grid, methods, target, dtype, cam_options, refine)
     done = total - len(plan.order)
@@ -232,7 +247,13 @@ def infer_slide(
     if not cancelled:
         store.set_complete(seconds)
     return InferenceResult(
-        store, total, done - (total - len(plan.order)), seconds, cancelled, runner.timings
+        store,
+        total,
+        done - (total - len(plan.order)),
+        seconds,
+        cancelled,
+        runner.timings,
+        tissue_mask,
     )
 
 
@@ -263,23 +284,26 @@ def _open_or_create(
     slide: Slide,
     tissue: bool,
     resume: bool,
-) -> MapStore:
+    mask: TissueMask | None,
+) -> tuple[MapStore, TissueMask | None]:
+    """The store to write, resumed or new, and the slide's tissue mask: ``mask`` as
+    given, or detected for a new store (None where tissue is not detected)."""
     if resume and path.exists():
         try:
             store = MapStore.open(path, mode="r+")
         except InputError:
             store = None  # interrupted while being created, or not ours: start over
         if store is not None and store.settings == settings and store.grid == grid:
-            return store
+            return store, mask
     if path.exists() and not (path / ".zgroup").exists():
         raise InputError(f"{path}: exists and is not a zarr store; choose another output")
-    mask = None
-    if tissue:
-        mask = detect_tissue(slide)
-        fractions = mask.box_fractions(grid.level0_boxes())
-    else:
+    if not tissue:
+        mask = None
         fractions = np.ones(len(grid), np.float32)
-    return MapStore.create(
+    else:
+        mask = mask if mask is not None else detect_tissue(slide)
+        fractions = mask.box_fractions(grid.level0_boxes())
+    store = MapStore.create(
         path,
         grid=grid,
         methods=methods,
@@ -290,6 +314,7 @@ def _open_or_create(
         tissue_downsample=1.0 if mask is None else mask.downsample,
         mpp=slide.mpp,
     )
+    return store, mask
 
 
 class _Runner:

@@ -9,9 +9,11 @@ from wsol.train.loop import (
     TrainResult,
     train,
 )
+from wsol.train.reuse import RoundCache
 
 __all__ = [
     "STAGES",
+    "RoundCache",
     "TrainConfig",
     "TrainData",
     "TrainProgress",

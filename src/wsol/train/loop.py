@@ -29,6 +29,7 @@ from wsol.model import WSOLModel
 from wsol.precision import autocast_dtype
 from wsol.pseudo import BG, FG, IGNORE, apply_corrections, sample_seeds
 from wsol.train.augment import apply_dihedral, stain_jitter
+from wsol.train.reuse import RoundCache
 
 STAGES = ("classifier", "fcam", "pixelcam", "heads", "guided")
 CORRECTIONS_DIR = "corrections"
@@ -194,10 +195,22 @@ class _RoundClock:
 
     def fits(self, steps: int, checks: int) -> bool:
         """Whether ``steps`` more steps and ``checks`` checks end before the deadline."""
+        step, check = self._times()
+        return time.perf_counter() + steps * step + checks * check <= self.deadline
+
+    def expected_steps(self, cap: int, checked: bool) -> int:
+        """The round's steps in all, as far as the time left tells: for progress bars,
+        which would otherwise stop short of their end when the limit ends a round."""
+        step, check = self._times()
+        if step <= 0:
+            return cap
+        left = self.deadline - time.perf_counter() - (check if checked else 0.0)
+        return min(cap, len(self.steps) + max(0, int(left / step)))
+
+    def _times(self) -> tuple[float, float]:
         recent = self.steps[1:] or self.steps
         step = float(np.median(recent[-8:])) if recent else 0.0
-        check = self.check if self.check is not None else self.check_guess * step
-        return time.perf_counter() + steps * step + checks * check <= self.deadline
+        return step, self.check if self.check is not None else self.check_guess * step
 
 
 @dataclass
@@ -206,7 +219,7 @@ class TrainProgress:
     epoch: int
     epochs: int
     step: int  # within the epoch
-    steps: int
+    steps: int  # in the epoch; under ``heads_seconds``, as many as the time left allows
     losses: dict[str, float]
 
 
@@ -232,6 +245,7 @@ def train(
     resume: bool = True,
     progress: Callable[[TrainProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    cache: RoundCache | None = None,
 ) -> TrainResult:
     """Train one stage in place on ``model``.
 
@@ -264,6 +278,11 @@ def train(
     Kernel Usage Regularization of the classifier on (or off with 0) for the
     ``classifier`` and ``guided`` stages; it is saved in the model's config.
 
+    ``cache`` (``heads`` only) carries the encoder's features and the heads' maps from
+    one round to the next on the same images (:class:`wsol.train.reuse.RoundCache`): a
+    round given the cache of the round before skips recomputing what has not changed,
+    and ends with the same weights as without it.
+
     With ``checkpoint``, weights are saved there (atomically) after every epoch, with the
     optimizer state beside them (``<checkpoint>.state.pt``). A stop between steps leaves
     the checkpoint at the last finished epoch (the model in memory keeps its newer,
@@ -278,13 +297,22 @@ def train(
     if stage not in STAGES:
         raise InputError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
     config = config or TrainConfig()
-    trainer = _Trainer(model, data, stage, config)
+    trainer = _Trainer(model, data, stage, config, cache if stage == "heads" else None)
     return trainer.run(checkpoint, resume, progress, should_stop)
 
 
 class _Trainer:
-    def __init__(self, model: WSOLModel, data: TrainData, stage: str, config: TrainConfig) -> None:
+    def __init__(
+        self,
+        model: WSOLModel,
+        data: TrainData,
+        stage: str,
+        config: TrainConfig,
+        cache: RoundCache | None = None,
+    ) -> None:
         self.model, self.data, self.stage, self.config = model, data, stage, config
+        self.cache = cache
+        self._check_probs: dict[str, torch.Tensor] = {}  # the last check's maps (cache)
         self.device = model.device
         if self.device.type == "cuda":
             self.amp, self.amp_dtype = config.amp, torch.float16
@@ -351,8 +379,7 @@ class _Trainer:
         round_started = time.perf_counter()  # a time limit counts the encoding too
         start_epoch = self._resume(checkpoint) if (checkpoint and resume) else 0
         if self.stage == "heads":
-            self.features = self._encode_all()
-            self.keep = self._head_probs()
+            self._start_heads()
         if self.stage in ("fcam", "heads"):
             self.maps = self._seed_maps()
         if self.stage == "heads":
@@ -366,7 +393,7 @@ class _Trainer:
         steps_done, cancelled, epochs_done = 0, False, start_epoch
         good = self._snapshot()
         checks = self._check_steps(steps) if len(self.labelled) else set()
-        best_score, best, kept_step = math.inf, None, None
+        best_score, best, kept_step, best_probs = math.inf, None, None, {}
         clock, timed_out = self._clock(round_started), False
         for epoch in range(start_epoch, epochs):
             self._set_modes()
@@ -408,14 +435,19 @@ class _Trainer:
                             # Too slow a machine for every step: the checks' time goes
                             # to steps, and the round ends on its last one as without.
                             checks, best, best_score, kept_step = set(), None, math.inf, None
+                            best_probs = {}
                 if step + 1 in checks:
                     score = self._timed_check(clock)
                     if score < best_score:
                         best_score, kept_step = score, step + 1
                         best = self._snapshot(into=best)
+                        best_probs = self._check_probs
                 if progress is not None:
+                    expected = len(order)
+                    if clock is not None:
+                        expected = clock.expected_steps(len(order), bool(checks))
                     progress(
-                        TrainProgress(self.stage, epoch + 1, epochs, step + 1, len(order), values)
+                        TrainProgress(self.stage, epoch + 1, epochs, step + 1, expected, values)
                     )
                 if should_stop is not None and should_stop():
                     cancelled = True
@@ -428,9 +460,13 @@ class _Trainer:
                 if score < best_score:
                     best_score, kept_step = score, taken
                     best = self._snapshot(into=best)
+                    best_probs = self._check_probs
             history.append({k: v / max(1, taken) for k, v in sums.items()})
             if best is not None:  # before the save below: the checkpoint holds these too
                 self._restore(best)
+                if self.cache is not None and not cancelled:
+                    for h, probs in best_probs.items():  # the next round's held maps
+                        self.cache.keep_probs(h, self._head_module(h), probs)
             if cancelled:
                 break
             epochs_done = epoch + 1
@@ -502,6 +538,8 @@ class _Trainer:
 
     # --- one step per stage ------------------------------------------------------------
     def _batch(self, index: torch.Tensor, gen: torch.Generator):
+        if self.stage == "heads":
+            return self._region_batch(index)
         images = self.data.images[index].float() / 255.0
         labels = self.data.labels[index]
         corrections = None
@@ -523,12 +561,30 @@ class _Trainer:
             None if maps is None else maps.to(self.device),
         )
 
+    def _region_batch(self, index: torch.Tensor):
+        """A ``heads`` batch as stored (uint8 pixels), on the CPU, for :meth:`_crop`.
+
+        A one-image round (the app's) takes the tensors as they are: indexing, converting
+        and normalizing the whole region at every step took 40 ms of a 160-ms step on a
+        1108 x 1481-px region (2-core CPU), for a window that is all the step uses.
+        """
+        whole = torch.equal(index, torch.arange(len(self.data)))
+
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return t if t is None or whole else t[index]
+
+        corrections = pick(self.data.corrections)
+        if corrections is not None:
+            corrections = corrections.long()
+        return pick(self.data.images), self.data.labels[index], corrections, pick(self.maps)
+
     def _step(
         self, index: torch.Tensor, epoch: int, gen: torch.Generator
     ) -> dict[str, torch.Tensor]:
         images, labels, corrections, maps = self._batch(index, gen)
-        x = self.model.normalize(images)
-        size = (x.shape[-2], x.shape[-1])
+        # "heads" works on cached features and crops before it converts anything
+        x = None if self.stage == "heads" else self.model.normalize(images)
+        size = (images.shape[-2], images.shape[-1])
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             if self.stage == "classifier":
                 logits = self.model.classify(self.model.forward_features(x))
@@ -556,9 +612,14 @@ class _Trainer:
                 images, maps, corrections, features, keep = self._crop(
                     index, images, maps, corrections, features, keep, gen
                 )
+                images = images.to(self.device).float() / 255.0
+                maps = maps.to(self.device)
+                if corrections is not None:
+                    corrections = corrections.to(self.device)
                 features = [f.to(self.device) for f in features]
                 keep = {h: p.to(self.device) for h, p in keep.items()}
-                labels = labels.repeat(images.shape[0] // labels.shape[0])  # one per window
+                windows = images.shape[0] // labels.shape[0]
+                labels = labels.to(self.device).repeat(windows)  # one per window
                 size = (images.shape[-2], images.shape[-1])
                 unpainted = None if corrections is None else corrections == IGNORE
             elif self.stage == "fcam":
@@ -567,7 +628,7 @@ class _Trainer:
             else:
                 features = self.model.forward_features(x)
             losses: dict[str, torch.Tensor] = {}
-            total = x.new_zeros(())
+            total = torch.zeros((), device=self.device)
             if self.stage == "pixelcam":
                 logits = self.model.classify(features)
                 losses["ce"] = self._image_loss(logits, index, labels)
@@ -767,20 +828,43 @@ class _Trainer:
             )
         return torch.cat(maps)
 
+    def _start_heads(self) -> None:
+        """The round's encoder features and each head's map before it: from the cache
+        of the round before on the same images where nothing changed, else computed."""
+        images, encoder = self.data.images, self.model.encoder
+        features, known = None, {}
+        if self.cache is not None:
+            heads = {h: self._head_module(h) for h in self.config.heads}
+            features, known = self.cache.lookup(images, encoder, heads)
+        if features is None:
+            features = self._encode_all()
+            if self.cache is not None:
+                self.cache.keep_features(images, encoder, features)
+        self.features = features
+        self.keep = self._head_probs(known)
+
+    def _head_module(self, head: str) -> torch.nn.Module:
+        return self.model.decoder if head == "fcam" else self.model.pixel_head
+
     @torch.no_grad()
-    def _head_probs(self) -> dict[str, torch.Tensor]:
-        """Probabilities of each fine-tuned head on every image before the round."""
+    def _head_probs(self, known: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Probabilities of each fine-tuned head on every image before the round
+        (``known``: those already at hand), in the precision of the round's checks, so
+        that a check's maps can be a later round's."""
         if self.config.keep_weight <= 0 and self.config.cam_method not in self.config.heads:
             return {}
+        known = known or {}
+        missing = [h for h in self.config.heads if h not in known]
         self.model.eval()
         size = (self.data.images.shape[-2], self.data.images.shape[-1])
-        out: dict[str, list[torch.Tensor]] = {h: [] for h in self.config.heads}
-        for start in range(0, len(self.data), 16):
+        out: dict[str, list[torch.Tensor]] = {h: [] for h in missing}
+        for start in range(0, len(self.data), 16) if missing else ():
             feats = [f[start : start + 16].to(self.device) for f in self.features]
-            for h in self.config.heads:
-                logits = self._head_logits(h, feats, size)
-                out[h].append(torch.softmax(logits.float(), dim=1).cpu())
-        return {h: torch.cat(parts) for h, parts in out.items()}
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                for h in missing:
+                    logits = self._head_logits(h, feats, size)
+                    out[h].append(torch.softmax(logits.float(), dim=1).cpu())
+        return {**known, **{h: torch.cat(parts) for h, parts in out.items()}}
 
     def _head_logits(self, head: str, features: list[torch.Tensor], size) -> torch.Tensor:
         if head == "fcam":
@@ -831,6 +915,7 @@ class _Trainer:
         """
         config, size = self.config, (self.data.images.shape[-2], self.data.images.shape[-1])
         total = 0.0
+        maps: dict[str, list[torch.Tensor]] = {h: [] for h in config.heads}
         for start in range(0, len(self.data), 16):
             index = torch.arange(start, min(start + 16, len(self.data)))
             feats = [f[index].to(self.device) for f in self.features]
@@ -840,6 +925,8 @@ class _Trainer:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 for h in config.heads:
                     logits = self._head_logits(h, feats, size).float()
+                    if self.cache is not None:  # this check's maps may be the next round's
+                        maps[h].append(torch.softmax(logits, dim=1).cpu())
                     target, weight = corrections, 1.0
                     if h == "pixelcam":
                         target = self._pixel_labels(corrections, labels)
@@ -853,6 +940,8 @@ class _Trainer:
                             * float(keep_loss(logits, held, unpainted, fg_extra=config.keep_fg))
                             * len(index)
                         )
+        if self.cache is not None:
+            self._check_probs = {h: torch.cat(parts) for h, parts in maps.items()}
         return total / len(self.data)
 
     @torch.no_grad()
