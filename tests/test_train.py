@@ -322,6 +322,34 @@ def test_heads_round_in_cpu_bfloat16_learns_the_strokes() -> None:
     assert pull_low > 0.05 and drift_low < 0.7 * pull_low, (pull_low, drift_low)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_every_stage_runs_on_cuda_in_float16_and_saves_loadable_weights(tmp_path: Path) -> None:
+    # On CUDA every stage runs under float16 autocast with a scaled loss; the weights
+    # must stay float32 on the GPU, and the heads round must still follow the strokes.
+    data, _ = _toy(n=8)
+    model = _model().cuda()
+    for stage, config in (
+        ("classifier", TrainConfig(epochs=1, batch_size=4)),
+        ("pixelcam", TrainConfig(epochs=1, batch_size=4, lr=1e-4, cam_method="cam")),
+        ("fcam", TrainConfig(epochs=1, batch_size=4, cam_method="cam")),
+    ):
+        result = train(model, data, stage, config)
+        assert all(torch.isfinite(torch.tensor(v)) for v in result.history[-1].values()), stage
+    assert all(p.is_cuda and p.dtype == torch.float32 for p in model.parameters())
+    images = data.images[data.labels == 1]
+    corrections = torch.full((len(images), 64, 64), IGNORE)
+    corrections[:, 10:14, 10:14] = BG
+    before = _fcam_foreground(model, images.cuda())
+    config = TrainConfig(steps=20, batch_size=2, lr=3e-3, heads=("fcam",), seeds_per_class=0)
+    heads = TrainData(images, torch.ones(len(images), dtype=torch.long), corrections)
+    train(model, heads, "heads", config)
+    after = _fcam_foreground(model, images.cuda())
+    assert float((before - after)[:, 10:14, 10:14].mean()) > 0.05
+    model.save(tmp_path / "m.safetensors")
+    loaded = wsol.load_model(tmp_path / "m.safetensors").cuda()
+    torch.testing.assert_close(_fcam_foreground(loaded, images.cuda()), after)
+
+
 def test_fine_tune_defaults_limit_a_round_by_time_not_by_machine() -> None:
     from wsol.session import FINE_TUNE, SessionState
 

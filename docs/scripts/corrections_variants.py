@@ -685,6 +685,7 @@ def main() -> None:
     parser.add_argument(
         "--flips", action="store_true", help="also the pixels each round fixed and broke"
     )
+    parser.add_argument("--device", default="cpu", help="torch device of the rounds")
     args = parser.parse_args()
     for name in args.variants:
         patch, settings = _variant(name)
@@ -711,6 +712,7 @@ def main() -> None:
                 steps=args.steps or 20,
                 seconds=None,  # every step: the variants compare settings, not machines
                 precision=args.precision,
+                device=args.device,
             )
         honoured = {
             k: " / ".join("-" if v is None else f"{100 * v:.0f}%" for v in values)

@@ -99,6 +99,7 @@ def bench_corrections(
     precision: str = FINE_TUNE["precision"],
     honour: bool = True,
     reuse: bool = True,
+    device: str | torch.device = "cpu",
     log=print,
 ) -> dict:
     """Dice of each region after each round, and the time of each round.
@@ -114,7 +115,7 @@ def bench_corrections(
     """
     if repeats < 1 or regions < 1:
         raise ValueError(f"repeats and regions must be >= 1, got {repeats} and {regions}")
-    base = load_model(checkpoint)
+    base = load_model(checkpoint).to(device)
     seed_method = seed_method or heads[0]
     size = base.config.input_size
     test = WSOLDataset(Path(data) / "test", base.config.class_names)
@@ -256,6 +257,8 @@ def _correct_region(
         data = TrainData(image[None], torch.tensor([1]), corrections[None])
         start = time.perf_counter()
         result = train(model, data, "heads", config, cache=cache if settings["reuse"] else None)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)  # the round is done when its kernels are
         times.append(time.perf_counter() - start)
         steps_taken.append(result.steps_done)
         pred = _predict(model, image, head)
@@ -294,6 +297,6 @@ def _mean_defined(values) -> float | None:
 @torch.no_grad()
 def _predict(model, image: torch.Tensor, head: str) -> np.ndarray:
     model.eval()
-    out = model.forward_heads(model.normalize(image[None]))
+    out = model.forward_heads(model.normalize(image[None].to(model.device)))
     logits = out.fcam if head == "fcam" else out.pixel
     return (torch.softmax(logits, 1)[0, 1] >= 0.5).cpu().numpy()

@@ -36,12 +36,14 @@ def bench_quality(
     seed: int = 0,
     pixel_tap: int = -1,
     checkpoint: str | Path | None = None,
+    device: str | torch.device = "cpu",
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train the three stages on ``data/train`` and evaluate on ``data/test``.
 
     ``refit``, if given, is a fourth, ``heads`` stage run last (e.g. the PixelCAM head
-    refitted on seeds from the trained F-CAM, encoder frozen).
+    refitted on seeds from the trained F-CAM, encoder frozen). On ``device`` "cuda"
+    every stage runs under float16 autocast (``TrainConfig.amp``).
     """
     data = Path(data)
     classifier = classifier or TrainConfig(epochs=12, batch_size=32, lr=1e-3, seed=seed)
@@ -61,7 +63,7 @@ def bench_quality(
     torch.manual_seed(seed)
     model = create_model(
         backbone, 2, class_names=["normal", "lesion"], input_size=size, pixel_tap=pixel_tap
-    )
+    ).to(device)
     train_data = TrainData.from_dataset(WSOLDataset(data / "train", model.config.class_names), size)
     test = WSOLDataset(data / "test", model.config.class_names)
     timings = {}
@@ -125,7 +127,7 @@ def bench_quality(
         },
         "history": history,
         "seconds": timings,
-        "machine": describe_machine(),
+        "machine": describe_machine(model.device),
     }
 
 

@@ -66,9 +66,9 @@ def naive_loop(
         image = torch.from_numpy(pixels).permute(2, 0, 1)[None]
         result = compute_many(model, model.normalize(image), methods, target)
         probs = torch.softmax(result.logits, dim=1)[0]
-        scores[i, j] = probs.numpy()
+        scores[i, j] = probs.cpu().numpy()
         for method in methods:
-            tile_map = F.avg_pool2d(result.maps[method][None], d)[0, 0].numpy()
+            tile_map = F.avg_pool2d(result.maps[method][None], d)[0, 0].cpu().numpy()
             y0, x0 = i * grid.map_stride, j * grid.map_stride
             h = min(t, grid.map_shape[0] - y0)
             w = min(t, grid.map_shape[1] - x0)

@@ -336,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--checkpoint", type=Path, help="also save the trained model here")
+    b.add_argument("--device", default="cpu", help="torch device (cuda: float16 autocast)")
     b.add_argument("--json", type=Path, help="write the report here")
     b = bench.add_parser("corrections", help="simulated user strokes, heads fine-tuned per round")
     b.add_argument("data", type=Path, help="a make-benchmark folder (test/)")
@@ -402,6 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="score the whole region every N fine-tuning steps and keep the best weights "
         "(default: the app's; 0: keep the last)",
+    )
+    b.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device of the rounds (cuda: float16 autocast, --precision ignored)",
     )
     b.add_argument("--json", type=Path, help="write the report here")
     b = bench.add_parser("multilabel", help="MinMax-CAM vs the CAM family on two lesion types")
@@ -952,6 +958,7 @@ def _bench_quality(args: argparse.Namespace) -> int:
         seed=args.seed,
         pixel_tap=args.pixel_tap,
         checkpoint=args.checkpoint,
+        device=args.device,
         log=_log,
     )
     print(f"accuracy {report['accuracy']:.1f}% on {report['test_tiles']} test tiles")
@@ -1011,6 +1018,7 @@ def _bench_corrections(args: argparse.Namespace) -> int:
         seed_method=args.seeds,
         honour=not args.model_mask,
         reuse=not args.no_reuse,
+        device=args.device,
         log=_log,
         **{k: v for k, v in chosen.items() if v is not None},
     )
