@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_wsol.layers import camera_of
 from napari_wsol.reader import SLIDE_KEY
 from wsol.errors import InputError
 from wsol.region import Region, check_editable, clip_region, resample_labels
@@ -123,7 +124,7 @@ class PixelSizeMixin:
             other.units = units
             if "slide_mpp" in other.metadata:  # the writer's world -> level-0 px
                 other.metadata["slide_mpp"] = mpp
-        camera = self.viewer.camera
+        camera = camera_of(self.viewer)
         center, zoom = camera.center, camera.zoom
         layer.metadata["mpp"] = mpp
         layer.metadata[USER_MPP] = mpp is not None

@@ -176,6 +176,12 @@ def _show_when_enabled(overlay):
     return show
 
 
+def camera_of(viewer):
+    """The viewer's camera without napari 0.9's deprecation warning for ``viewer.camera``."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
 @dataclass(frozen=True)
 class Placement:
     """How level-0 pixels of the source image map to world coordinates."""

@@ -705,7 +705,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
     def view_box(self, layer) -> tuple[float, float, float, float]:
         """Level-0 box ``(y, x, h, w)`` of the part of ``layer`` on screen."""
         place = L.Placement.of(layer)
-        camera = self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera
+        camera = L.camera_of(self.viewer)
         cy, cx = camera.center[-2:]
         h, w = self.viewer.canvas.size
         if min(h, w) < 32:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -198,9 +199,12 @@ def test_a_pixel_size_set_by_hand_moves_the_image_its_maps_and_its_corrections(
     labelled = corrections.extent.world  # the view's part of the cat
     center, zoom = np.asarray(viewer.camera.center[-2:]), viewer.camera.zoom
 
-    widget.pixel_size.value = 0.5
-    _wait(qtbot, widget)  # the maps, then the pseudo-labels
-    qtbot.waitUntil(lambda: widget.worker is None and not widget._turns, timeout=120_000)
+    with warnings.catch_warnings():
+        # napari 0.9 deprecates viewer.camera: moving the view must not use it.
+        warnings.filterwarnings("error", message=".*viewer.camera.*")
+        widget.pixel_size.value = 0.5
+        _wait(qtbot, widget)  # the maps, then the pseudo-labels
+        qtbot.waitUntil(lambda: widget.worker is None and not widget._turns, timeout=120_000)
 
     assert tuple(image.scale) == pytest.approx((0.5, 0.5))
     assert [str(u) for u in image.units] == ["micrometer", "micrometer"]
