@@ -8,8 +8,10 @@ Wraps the widget's handlers, napari's ``add_image`` / ``add_labels``, vispy's
 ``paintGL`` and the garbage collector (``gc.callbacks``, generations 1 and 2) with
 timers, runs docs/scripts/app_latency.py unchanged, and prints every gap of the 5 ms
 GUI-thread timer longer than ``--min-ms`` with the calls that overlapped it (nested
-calls indented; ``GC2@Thread`` is a full collection and the thread that ran it). Time
-not covered by any of them is Qt's own work: painting and composing the window.
+calls indented; ``GC2@Thread`` is a full collection and the thread that ran it;
+``turn:NAME`` is one of the widget's event-loop turns, named for its step). Time not
+covered by any of them is outside Python: Qt painting and composing the window, and
+llvmpipe rasterizing what ``paintGL`` issued (it returns before the pixels are drawn).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import json
 import sys
 import threading
 import time
@@ -61,7 +64,27 @@ def instrument() -> None:
     _qt.CanvasBackendDesktop.paintGL = timed("paintGL", _qt.CanvasBackendDesktop.paintGL)
     for name in ("add_image", "add_labels"):
         setattr(ViewerModel, name, timed(name, getattr(ViewerModel, name)))
+    from napari._qt.qt_viewer import QtViewer
+    from napari._vispy.layers.base import VispyBaseLayer
+    from napari.layers import Labels
+    from napari.layers.base.base import Layer
+
+    VispyBaseLayer._on_data_change = timed("vispy._on_data_change", VispyBaseLayer._on_data_change)
+    Layer.refresh = timed("Layer.refresh", Layer.refresh)
+    for name in ("_refresh_sync", "_update_thumbnail"):
+        if hasattr(Labels, name):
+            setattr(Labels, name, timed(f"Labels.{name}", getattr(Labels, name)))
+    for name in ("_on_active_change", "_on_add_layer_change"):
+        if hasattr(QtViewer, name):
+            setattr(QtViewer, name, timed(f"QtViewer.{name}", getattr(QtViewer, name)))
     from napari_wsol.widget import WSOLWidget
+
+    def next_turn(self, _turn=WSOLWidget._next_turn):
+        # Named for the step it runs: "turn:_resume_canvases" and the like.
+        step = self._turns[0][0] if self._turns else None
+        return timed(f"turn:{getattr(step, '__name__', repr(step))}", _turn)(self)
+
+    WSOLWidget._next_turn = next_turn
 
     for name in (
         "run",
@@ -101,6 +124,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--min-ms", type=float, default=90.0)
     parser.add_argument(
+        "--gaps-json",
+        help="also write the long gaps and the timed calls here (perf_counter seconds, "
+        "CLOCK_MONOTONIC: docs/scripts/perf_gaps.py matches them with perf samples)",
+    )
+    parser.add_argument(
         "--script",
         default="app_latency.py",
         help="the docs/scripts timing script to run (its own options after --)",
@@ -138,6 +166,8 @@ def main() -> None:
     sys.argv = [args.script, *[r for r in rest if r != "--"]]
     script.main()
     long = [g for g in gaps if (g[1] - g[0]) * 1000 > args.min_ms]
+    if args.gaps_json:
+        Path(args.gaps_json).write_text(json.dumps({"gaps": long, "calls": calls}))
     print(f"\n{len(long)} gaps over {args.min_ms:.0f} ms (of {len(gaps)} ticks)")
     for a, b in long:
         inside = sorted(c for c in calls if c[0] < b and c[1] > a)
