@@ -120,6 +120,57 @@ def defer_tool_overlays(layer) -> None:
         overlay.events.enabled.connect(_show_when_enabled(overlay))
 
 
+def make_brush_circle(viewer) -> list:
+    """Have napari make its brush-circle visual now; returns its vispy overlays.
+
+    napari draws the brush as a circle once the user paints at a zoom where it is 8+
+    screen pixels wide. It makes that visual (two vispy ellipses with anti-aliased
+    borders) the first time the circle shows, and its first frame then writes and
+    compiles their shaders: 45-50 ms of Python and about 25 ms of OpenGL, once per
+    viewer, in the frame after the first pseudo-label job. The app pays this on idle
+    turns after the dock appears: this one makes the visual (the overlay shown and
+    hidden in one turn: nothing is drawn), :func:`draw_out_of_sight` has it drawn.
+    Returns ``[]`` when the circle is in use (already drawn) or where a napari version
+    keeps it elsewhere; the first circle is then as slow as napari makes it.
+    """
+    viewer = _unproxied(viewer)
+    try:
+        overlay = viewer.canvas.overlays["_brush_circle"]
+        made = viewer.window._qt_viewer.canvas._viewer_overlay_to_visual
+    except (AttributeError, KeyError, TypeError):
+        return []
+    if overlay.visible:
+        return []
+    if overlay not in made:
+        overlay.visible = True
+        overlay.visible = False
+    return [v for v in made.get(overlay, []) if hasattr(v, "_on_visible_change")]
+
+
+def draw_out_of_sight(vispy_overlays: list) -> None:
+    """Draw hidden canvas overlays once, off the canvas, so their shaders are ready.
+
+    Each overlay's visual is shown far outside the canvas until the canvas next draws;
+    then its position and visibility are napari's again.
+    """
+    for vispy_overlay in vispy_overlays:
+        node = vispy_overlay.node
+        canvas = node.canvas
+        if canvas is None or node.visible:
+            continue
+        where = np.array(node.transform.translate)
+
+        def restore(_event=None, node=node, canvas=canvas, where=where, vo=vispy_overlay):
+            canvas.events.draw.disconnect(restore)
+            node.transform.translate = where
+            vo._on_visible_change()  # napari's rule: shown while in use and hovered
+
+        node.transform.translate = (-1e5, -1e5, 0, 0)
+        node.visible = True
+        canvas.events.draw.connect(restore, position="last")
+        node.update()
+
+
 @contextmanager
 def keeping_active_layer(layers) -> Iterator[None]:
     """Layers appended inside this block do not become napari's active layer.

@@ -79,6 +79,8 @@ MAP_DOWNSAMPLE = 2
 #: Overlay layers are refreshed at most this often while a run streams in (seconds).
 REFRESH_EVERY = 0.5
 TURN_PAUSE_MS = 5
+#: After the dock's first frames, before a click can start a job (the demo's: 300 ms).
+WARM_AFTER_MS = 150
 #: The map a run shows first, the first of these it computed (else its first method);
 #: the other overlays are added hidden: stacked heatmaps hide one another.
 LEAD_METHODS = ("fcam", "pixelcam")
@@ -205,6 +207,12 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         self._save_timer.timeout.connect(self._save_session)
         self._show_model_info()
         freeze_startup_heap()
+        # One-off costs of napari's, paid once the dock has shown, not in the first paint.
+        self._warm_timer = QTimer(self)
+        self._warm_timer.setSingleShot(True)
+        self._warm_timer.setInterval(WARM_AFTER_MS)
+        self._warm_timer.timeout.connect(lambda: self._later(self._warm_brush_circle))
+        self._warm_timer.start()
 
     # ================================================================ construction
     def _build(self) -> None:
@@ -694,6 +702,11 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         next_job, self._then = self._then, None
         if next_job is not None:
             next_job()
+
+    def _warm_brush_circle(self) -> None:
+        made = L.make_brush_circle(self.viewer)  # this turn: the visual
+        if made:
+            self._later(L.draw_out_of_sight, made)  # the next: its shaders, drawn
 
     # ================================================================ scope
     def _source(self):

@@ -727,6 +727,46 @@ def test_a_job_holds_naparis_activity_animation_still(app, qtbot) -> None:
     movie.stop()
 
 
+def _visuals(visual):
+    yield visual
+    for sub in getattr(visual, "_subvisuals", None) or []:
+        yield from _visuals(sub)
+
+
+def test_the_first_brush_circle_finds_its_shaders_written(viewer, qtbot, monkeypatch) -> None:
+    """napari makes its brush-circle visual when the circle first shows, and its first
+    frame writes and compiles its shaders (70-75 ms here, once per viewer); the app has
+    it made and drawn out of sight on idle turns after the dock appears."""
+    from vispy.visuals.shaders.program import ModularProgram
+
+    built = []
+    write = ModularProgram._build
+    monkeypatch.setattr(ModularProgram, "_build", lambda p: built.append(id(p)) or write(p))
+    overlay = viewer.canvas.overlays["_brush_circle"]
+    made = viewer.window._qt_viewer.canvas._viewer_overlay_to_visual
+    _dock(viewer)
+    qtbot.waitUntil(lambda: overlay in made, timeout=5000)
+    (vispy_overlay,) = made[overlay]
+    node = vispy_overlay.node
+    programs = {id(v._program) for v in _visuals(node) if hasattr(v, "_program")}
+    assert len(programs) >= 2  # the two circles' borders at least
+    # Drawn once (the borders' shaders written), then hidden again.
+    qtbot.waitUntil(lambda: bool(programs & set(built)) and not node.visible, timeout=5000)
+    assert not overlay.visible
+    assert np.abs(node.transform.translate).max() < 1e4  # back where napari had it
+
+    built.clear()
+    labels = viewer.add_labels(np.zeros((64, 64), np.uint8))
+    viewer.reset_view()
+    labels.brush_size = 4
+    labels.mode = "paint"
+    viewer.mouse_over_canvas = True
+    qtbot.wait(300)
+    assert overlay.visible and node.visible  # drawn as a circle
+    assert built  # the frames came: the new Labels layer's shaders were written
+    assert not programs & set(built)
+
+
 # ---------------------------------------------------------------- export & session
 def test_exports_write_every_format(app, qtbot, tmp_path: Path) -> None:
     viewer, widget, _ = app

@@ -89,6 +89,7 @@ def main() -> None:
     QApplication.processEvents()
     viewer.reset_view()
     QApplication.processEvents()
+    pump(0.5)  # the dock's start-up turns: a user's first click comes after them
 
     recorder = GapRecorder()
 

@@ -5,15 +5,17 @@ Run under an X server from the repository root::
     xvfb-run -a .venv/bin/python docs/scripts/pseudo_label_stalls.py --repeats 6
 
 The sample slide and model as in app_latency.py: maps of the whole view, the F-CAM
-mask, every layer visible; then the pseudo-label job runs ``--repeats`` times, its two
-Labels layers removed before each run so that every run creates them, as the first
-run in the app does. A job's longest stall is noisy on a shared 2-core machine; this
-gives several of them from one process, to compare two versions of the code.
+mask, every layer visible (``--app-visibility``: as the app leaves them); then the
+pseudo-label job runs ``--repeats`` times, its two Labels layers removed before each
+run so that every run creates them, as the first run in the app does. A job's longest
+stall is noisy on a shared 2-core machine; this gives several of them from one
+process, to compare two versions of the code.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -31,6 +33,13 @@ def main() -> None:
         help="zoom in by this factor before the jobs (3: close enough that napari shows "
         "the brush as a circle once the corrections layer is in paint mode)",
     )
+    parser.add_argument(
+        "--app-visibility",
+        action="store_true",
+        help="keep the layers as the app shows them (one map overlay and the mask) instead "
+        "of turning every layer on, the worst case",
+    )
+    parser.add_argument("--json", help="append this run's stalls to this JSON list file")
     args = parser.parse_args()
     os.environ.setdefault("WSOL_SESSIONS", tempfile.mkdtemp(prefix="wsol-pseudo-"))
 
@@ -45,6 +54,7 @@ def main() -> None:
     viewer.window.resize(1600, 1000)
     QApplication.processEvents()
     viewer.reset_view()
+    pump(0.5)  # the dock's start-up turns: a user's first click comes after them
 
     recorder = GapRecorder()
 
@@ -60,8 +70,11 @@ def main() -> None:
     widget.thr_method.value = "fcam"
     widget.threshold.value = 0.4
     pump(2.0)  # the mask layer is made on later turns
-    for layer in viewer.layers:
-        layer.visible = True
+    if not args.app_visibility:
+        for layer in viewer.layers:
+            layer.visible = True
+    visible = [layer.name for layer in viewer.layers if layer.visible]
+    print("visible layers:", visible)
     viewer.camera.zoom *= args.zoom
     pump(0.3)
     stalls = []
@@ -73,6 +86,18 @@ def main() -> None:
         stalls.append(job(widget.make_pseudo_labels))
     print("pseudo-label job, longest stall per run (ms):", stalls)
     print("median", statistics.median(stalls))
+    if args.json:
+        runs = json.load(open(args.json)) if os.path.exists(args.json) else []
+        runs.append(
+            {
+                "zoom": args.zoom,
+                "visible": visible,
+                "longest_stall_ms": stalls,
+                "label": os.environ.get("RUN_LABEL", ""),
+            }
+        )
+        with open(args.json, "w") as f:
+            json.dump(runs, f, indent=1)
     viewer.close()
 
 
