@@ -19,6 +19,7 @@ import json
 import os
 import statistics
 import tempfile
+from pathlib import Path
 
 from gui_timing import GapRecorder, pump
 
@@ -39,7 +40,7 @@ def main() -> None:
         help="keep the layers as the app shows them (one map overlay and the mask) instead "
         "of turning every layer on, the worst case",
     )
-    parser.add_argument("--json", help="append this run's stalls to this JSON list file")
+    parser.add_argument("--json", help="append this process's stalls to this JSON file's runs")
     args = parser.parse_args()
     os.environ.setdefault("WSOL_SESSIONS", tempfile.mkdtemp(prefix="wsol-pseudo-"))
 
@@ -87,8 +88,10 @@ def main() -> None:
     print("pseudo-label job, longest stall per run (ms):", stalls)
     print("median", statistics.median(stalls))
     if args.json:
-        runs = json.load(open(args.json)) if os.path.exists(args.json) else []
-        runs.append(
+        # One file collects many processes: {"runs": [...]} plus any notes kept beside.
+        path = Path(args.json)
+        record = json.loads(path.read_text()) if path.exists() else {"runs": []}
+        record["runs"].append(
             {
                 "zoom": args.zoom,
                 "visible": visible,
@@ -96,8 +99,7 @@ def main() -> None:
                 "label": os.environ.get("RUN_LABEL", ""),
             }
         )
-        with open(args.json, "w") as f:
-            json.dump(runs, f, indent=1)
+        path.write_text(json.dumps(record, indent=1))
     viewer.close()
 
 
