@@ -234,9 +234,19 @@ class ThresholdsMixin:
         data = layer.data if layer.multiscale else [layer.data]
         for view in data:
             view.threshold = t
-        L.refresh_in_place(layer)
-        self._update_area()
+        L.refresh_view(layer)
+        self._settle_timer.start()
         self._save_timer.start()
+
+    def _threshold_settled(self) -> None:
+        """The slider has rested: the mask's thumbnail and the area catch up with it."""
+        method = self.thr_method.value
+        if self.store is None or method is None:
+            return
+        name = f"{method} mask"
+        if name in self.viewer.layers:
+            L.refresh_thumbnail(self.viewer.layers[name])
+        self._update_area()
 
     def _stats_level(self) -> int:
         levels = self.store.levels(self.thr_method.value)

@@ -213,6 +213,24 @@ def refresh_in_place(layer) -> None:
     layer.refresh()
 
 
+def refresh_view(layer) -> None:
+    """Redraw what the canvas shows of ``layer`` after its values changed in place.
+
+    Its shape and place are unchanged, so napari's extent is not recomputed; its
+    thumbnail is left for :func:`refresh_thumbnail`, since a new thumbnail also
+    repaints every row of the layer list.
+    """
+    layer.refresh(thumbnail=False, extent=False, highlight=False)
+
+
+def refresh_thumbnail(layer) -> None:
+    """The thumbnail of ``layer`` from its current values (see :func:`refresh_in_place`)."""
+    reset = getattr(_unproxied(layer), "_reset_thumbnail_level_data", None)
+    if reset is not None:
+        reset()
+    layer.refresh(data_displayed=False, extent=False, highlight=False)
+
+
 def _unproxied(obj):
     # napari hands plugin widgets its objects behind a PublicOnlyProxy (a wrapt proxy),
     # which warns on private names; the helpers above use them on the object itself.

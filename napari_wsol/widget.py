@@ -81,6 +81,10 @@ REFRESH_EVERY = 0.5
 TURN_PAUSE_MS = 5
 #: After the dock's first frames, before a click can start a job (the demo's: 300 ms).
 WARM_AFTER_MS = 150
+#: How long the threshold slider rests before the mask's thumbnail and the area follow
+#: it. During a drag only the canvas follows: a move then costs the canvas's frame, not
+#: also the layer list's repaint of a new thumbnail and the area's statistics.
+SETTLE_MS = 150
 #: The map a run shows first, the first of these it computed (else its first method);
 #: the other overlays are added hidden: stacked heatmaps hide one another.
 LEAD_METHODS = ("fcam", "pixelcam")
@@ -205,13 +209,17 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         self._save_timer.setSingleShot(True)
         self._save_timer.setInterval(300)
         self._save_timer.timeout.connect(self._save_session)
+        self._settle_timer = QTimer(self)
+        self._settle_timer.setSingleShot(True)
+        self._settle_timer.setInterval(SETTLE_MS)
+        self._settle_timer.timeout.connect(self._threshold_settled)
         self._show_model_info()
         freeze_startup_heap()
         # One-off costs of napari's, paid once the dock has shown, not in the first paint.
         self._warm_timer = QTimer(self)
         self._warm_timer.setSingleShot(True)
         self._warm_timer.setInterval(WARM_AFTER_MS)
-        self._warm_timer.timeout.connect(lambda: self._later(self._warm_brush_circle))
+        self._warm_timer.timeout.connect(self._warm_up)
         self._warm_timer.start()
 
     # ================================================================ construction
@@ -702,6 +710,21 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         next_job, self._then = self._then, None
         if next_job is not None:
             next_job()
+
+    def _warm_up(self) -> None:
+        """napari's one-off costs of a first job, each on an idle turn of its own."""
+        self._later(self._warm_progress)
+        self._later(self._warm_brush_circle)
+
+    def _warm_progress(self) -> None:
+        """Make and close one napari progress bar before the first job does.
+
+        The first of a process shows napari's activity indicator in the status bar,
+        which grows it by a pixel: inside the call the canvas is resized and drawn
+        twice (80-100 ms in software OpenGL), in the first job's start. Later ones take
+        2-3 ms.
+        """
+        progress(total=0, desc="napari-wsol").close()
 
     def _warm_brush_circle(self) -> None:
         made = L.make_brush_circle(self.viewer)  # this turn: the visual

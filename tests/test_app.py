@@ -303,7 +303,7 @@ def test_the_first_slider_move_makes_the_mask_on_later_turns_at_the_latest_value
     assert inserted == ["fcam mask"] and mask.visible
     heat, shown = (np.asarray(L.shown_levels(x)[0]) for x in (viewer.layers["fcam"], mask))
     np.testing.assert_array_equal(shown, heat >= 0.7)
-    assert widget.area.value.startswith("fcam >= 0.70")
+    qtbot.waitUntil(lambda: widget.area.value.startswith("fcam >= 0.70"), timeout=2000)
     assert widget.session.state.thresholds["fcam"] == pytest.approx(0.7)
 
 
@@ -358,11 +358,14 @@ def test_threshold_slider_and_otsu_update_the_mask_and_area(app, qtbot) -> None:
     )
     low = np.asarray(mask.data[0] if mask.multiscale else mask.data)
     np.testing.assert_array_equal(low, heat >= 0.2)
+    qtbot.waitUntil(lambda: widget.area.value.startswith("fcam >= 0.20"), timeout=2000)
     area_low = widget.area.value
     widget.threshold.value = 0.8
     high = np.asarray(mask.data[0] if mask.multiscale else mask.data)
     np.testing.assert_array_equal(high, heat >= 0.8)
-    assert high.sum() <= low.sum() and widget.area.value != area_low
+    assert high.sum() <= low.sum()
+    qtbot.waitUntil(lambda: widget.area.value.startswith("fcam >= 0.80"), timeout=2000)
+    assert widget.area.value != area_low
     # The sample tile's mask is well under 0.1 mm²: µm², as many as the mask shows.
     shown = widget.area.value.split(": ")[1].split(" µm²")[0]
     mpp = widget.store.mpp * widget.store.scale(0)
@@ -370,6 +373,27 @@ def test_threshold_slider_and_otsu_update_the_mask_and_area(app, qtbot) -> None:
     widget.otsu()
     assert 0.0 < widget.threshold.value < 1.0
     assert widget.session.state.thresholds["fcam"] == pytest.approx(widget.threshold.value)
+
+
+def test_a_drag_redraws_the_mask_at_once_and_its_thumbnail_once_the_slider_rests(
+    app, qtbot
+) -> None:
+    """Each move of a drag shows the new mask on the canvas in its own handler; the
+    thumbnail (whose change repaints the layer list) and the area wait for the slider
+    to rest, and then show the threshold it rests on, not a stale one."""
+    viewer, widget, _ = app
+    widget.thr_method.value = "fcam"
+    widget.threshold.value = 0.9
+    mask = _mask_made(qtbot, viewer, widget)
+    qtbot.waitUntil(lambda: widget.area.value.startswith("fcam >= 0.90"), timeout=2000)
+    high = mask.thumbnail.copy()
+    heat = np.asarray(L.shown_levels(viewer.layers["fcam"])[0])
+    widget.threshold.value = 0.05
+    np.testing.assert_array_equal(np.asarray(L.shown_levels(mask)[0]), heat >= 0.05)
+    assert widget.area.value.startswith("fcam >= 0.90")  # the drag has not rested yet
+    np.testing.assert_array_equal(mask.thumbnail, high)
+    qtbot.waitUntil(lambda: widget.area.value.startswith("fcam >= 0.05"), timeout=2000)
+    assert not np.array_equal(mask.thumbnail, high)  # drawn again, from the 0.05 mask
 
 
 def test_cancel_stops_a_whole_slide_run(viewer, qtbot) -> None:
@@ -470,6 +494,7 @@ def test_masks_keep_the_corrections_on_screen_in_the_area_and_in_exports(
     widget.threshold.value = t
     mask = _mask_made(qtbot, viewer, widget, "cam")
     plain = heat >= t
+    qtbot.waitUntil(lambda: widget.area.value.startswith(f"cam >= {t:.2f}"), timeout=2000)
     area_before = widget.area.value
     _, corrections = _labels_of(viewer, widget, qtbot)
     region, s = widget._edit["region"], widget.store.scale(0)
@@ -765,6 +790,24 @@ def test_the_first_brush_circle_finds_its_shaders_written(viewer, qtbot, monkeyp
     assert overlay.visible and node.visible  # drawn as a circle
     assert built  # the frames came: the new Labels layer's shaders were written
     assert not programs & set(built)
+
+
+def test_the_first_progress_bar_leaves_the_canvas_its_size(viewer, qtbot) -> None:
+    """napari's first progress bar of a process makes the status bar a pixel taller, and
+    the canvas is resized and drawn twice inside the call (80-100 ms here); the app
+    makes and closes one on an idle turn after the dock appears, so its first job's
+    progress bar (the same call) resizes nothing."""
+    from napari.utils import progress
+    from qtpy.QtWidgets import QOpenGLWidget
+
+    widget = _dock(viewer)
+    qtbot.waitUntil(lambda: not widget._warm_timer.isActive() and not widget._turns)
+    (canvas,) = widget.window().findChildren(QOpenGLWidget)
+    size = canvas.size()
+    with progress(total=3, desc="a job") as bar:
+        bar.update(1)
+        assert canvas.size() == size
+    assert not progress._all_instances  # the warm-up's bar is closed too
 
 
 # ---------------------------------------------------------------- export & session
