@@ -32,7 +32,7 @@ import tempfile
 import time
 
 import numpy as np
-from gui_timing import GapRecorder, pump, redraw_ms
+from gui_timing import GapRecorder, docked_app_viewer, pump, redraw_ms, threshold_moves
 
 
 def full_collection_ms() -> dict:
@@ -79,17 +79,9 @@ def main() -> None:
         jobs.JOB_PRIORITY = args.job_niceness  # 0: the jobs compete with the GUI as equals
     os.environ.setdefault("WSOL_SESSIONS", tempfile.mkdtemp(prefix="wsol-latency-"))
 
-    import napari
     from qtpy.QtWidgets import QApplication
 
-    viewer = napari.Viewer(show=True)
-    (image,) = viewer.open_sample("napari-wsol", "cmu_small_region")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-wsol", "WSOL")
-    viewer.window.resize(1600, 1000)
-    QApplication.processEvents()
-    viewer.reset_view()
-    QApplication.processEvents()
-    pump(0.5)  # the dock's start-up turns: a user's first click comes after them
+    viewer, image, widget = docked_app_viewer()
 
     recorder = GapRecorder()
 
@@ -136,20 +128,7 @@ def main() -> None:
         settle=0.3,
     )
     print("first threshold move (mask layer made)", first_move, flush=True)
-    work, redraw, floor = [], [], []
-    for t in np.tile(np.linspace(0.2, 0.8, 13), 3):
-        t0 = time.perf_counter()
-        widget.threshold.value = float(round(t, 3))
-        t1 = time.perf_counter()
-        QApplication.processEvents()
-        t2 = time.perf_counter()
-        viewer.layers["fcam"].refresh()  # same pixels: the renderer's own cost
-        t3 = time.perf_counter()
-        QApplication.processEvents()
-        t4 = time.perf_counter()
-        work.append((t1 - t0) * 1000)
-        redraw.append((t2 - t1) * 1000)
-        floor.append((t4 - t3) * 1000)
+    ((work, redraw, floor),) = threshold_moves(widget, viewer)
     total = [a + b for a, b in zip(work, redraw, strict=True)]
     report["threshold_ms"] = {
         "widget_median": round(statistics.median(work), 1),

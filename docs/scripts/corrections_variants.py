@@ -76,7 +76,7 @@ lesion border: the share within 2, 4 and 8 px, and the false positive and negati
 (means per region).
 
 ``--dense-crf`` scores every mask (the start's and each round's) from the head's map
-refined by the dense CRF, as the app shows the maps with its *dense CRF* box ticked.
+refined by the dense CRF, as the app shows the maps with its *Refine maps (dense CRF)* box ticked.
 
 ``--flips`` also prints, by round, the pixels the round fixed and the pixels it broke
 (right before, wrong after), how many of the broken ones are new false positives, and
@@ -425,7 +425,7 @@ def _layer4(factor: float = 1.0):
 @contextlib.contextmanager
 def _refined_masks():
     """Every mask the benchmark scores comes from the head's map refined by the dense
-    CRF (``wsol.refine.dense_crf``, default parameters), as the app's *dense CRF* box
+    CRF (``wsol.refine.dense_crf``, default parameters), as the app's *Refine maps* box
     refines the maps; the strokes are then kept on top of it as usual."""
 
     @torch.no_grad()

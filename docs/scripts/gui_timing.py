@@ -64,6 +64,35 @@ def redraw_ms(canvases: list, repeats: int = 15) -> list[float]:
     return times
 
 
+def threshold_moves(widget, viewer, sets: int = 1) -> list[tuple[list, list, list]]:
+    """Time ``sets`` sets of 39 threshold moves of the F-CAM mask, as a drag makes them.
+
+    Each move: the widget's handler (the slider's value set), then one event-loop pass
+    (napari's redraw), then the redraw of an unchanged frame (the renderer's floor).
+    Returns, per set, the three lists of times in ms.
+    """
+    from qtpy.QtWidgets import QApplication
+
+    result = []
+    for _ in range(sets):
+        handler, redraw, floor = [], [], []
+        for t in np.tile(np.linspace(0.2, 0.8, 13), 3):
+            t0 = time.perf_counter()
+            widget.threshold.value = float(round(t, 3))
+            t1 = time.perf_counter()
+            QApplication.processEvents()
+            t2 = time.perf_counter()
+            viewer.layers["fcam"].refresh()  # same pixels: the renderer's own cost
+            t3 = time.perf_counter()
+            QApplication.processEvents()
+            t4 = time.perf_counter()
+            handler.append((t1 - t0) * 1000)
+            redraw.append((t2 - t1) * 1000)
+            floor.append((t4 - t3) * 1000)
+        result.append((handler, redraw, floor))
+    return result
+
+
 def slide_viewer():
     """A shown 1600 x 1000 viewer with the sample slide in view; returns it and the
     slide's layer."""
@@ -85,6 +114,25 @@ def sample_slide_viewer():
     viewer.window.add_plugin_dock_widget("napari-wsol", "WSOL")
     pump(0.5)
     return viewer, {"scale": (2, 2), "translate": (0.5, 0.5), "units": image.units}
+
+
+def docked_app_viewer():
+    """The scene of ``app_latency.py``: the sample slide, the WSOL widget docked, then
+    the window at 1600 x 1000 and the view reset, past the dock's start-up turns (a
+    user's first click comes after them). Returns the viewer, the slide's layer and the
+    widget."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(show=True)
+    (image,) = viewer.open_sample("napari-wsol", "cmu_small_region")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-wsol", "WSOL")
+    viewer.window.resize(1600, 1000)
+    QApplication.processEvents()
+    viewer.reset_view()
+    QApplication.processEvents()
+    pump(0.5)
+    return viewer, image, widget
 
 
 def wait_job(widget) -> None:

@@ -23,8 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from gui_timing import pump
+from gui_timing import docked_app_viewer, pump, threshold_moves
 
 
 def main() -> None:
@@ -35,17 +34,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("WSOL_SESSIONS", tempfile.mkdtemp(prefix="wsol-drag-"))
 
-    import napari
     from qtpy.QtWidgets import QApplication
 
-    viewer = napari.Viewer(show=True)
-    (image,) = viewer.open_sample("napari-wsol", "cmu_small_region")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-wsol", "WSOL")
-    viewer.window.resize(1600, 1000)
-    QApplication.processEvents()
-    viewer.reset_view()
-    QApplication.processEvents()
-    pump(0.5)
+    viewer, image, widget = docked_app_viewer()
     widget.run()
     while widget.worker is not None or widget._turns:
         QApplication.processEvents()
@@ -60,20 +51,7 @@ def main() -> None:
 
     sets: dict[str, list[float]] = {}
     for _ in range(args.sets):
-        handler, redraw, floor = [], [], []
-        for t in np.tile(np.linspace(0.2, 0.8, 13), 3):
-            t0 = time.perf_counter()
-            widget.threshold.value = float(round(t, 3))
-            t1 = time.perf_counter()
-            QApplication.processEvents()
-            t2 = time.perf_counter()
-            viewer.layers["fcam"].refresh()  # same pixels: the renderer's own cost
-            t3 = time.perf_counter()
-            QApplication.processEvents()
-            t4 = time.perf_counter()
-            handler.append((t1 - t0) * 1000)
-            redraw.append((t2 - t1) * 1000)
-            floor.append((t4 - t3) * 1000)
+        ((handler, redraw, floor),) = threshold_moves(widget, viewer)
         total = [a + b for a, b in zip(handler, redraw, strict=True)]
         for key, values in (
             ("total_median", total),
