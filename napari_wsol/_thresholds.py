@@ -235,18 +235,21 @@ class ThresholdsMixin:
         for view in data:
             view.threshold = t
         L.refresh_view(layer)
+        self._thumbnails_due.add(layer.name)
         self._settle_timer.start()
         self._save_timer.start()
 
     def _threshold_settled(self) -> None:
-        """The slider has rested: the mask's thumbnail and the area catch up with it."""
-        method = self.thr_method.value
-        if self.store is None or method is None:
-            return
-        name = f"{method} mask"
-        if name in self.viewer.layers:
+        """The slider has rested: the masks' thumbnails and the area catch up with it.
+
+        Every mask moved since the last rest, not only the current method's: a user may
+        drag one method's slider and switch to another within the settle time.
+        """
+        due, self._thumbnails_due = self._thumbnails_due, set()
+        for name in due & {layer.name for layer in self.viewer.layers}:
             L.refresh_thumbnail(self.viewer.layers[name])
-        self._update_area()
+        if self.store is not None and self.thr_method.value is not None:
+            self._update_area()
 
     def _stats_level(self) -> int:
         levels = self.store.levels(self.thr_method.value)

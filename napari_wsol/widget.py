@@ -182,6 +182,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         self._then = None  # a job to start when the current one finishes
         self._tissue_cache: tuple | None = None
         self._masks_coming: set[str] = set()  # mask layers queued to be made
+        self._thumbnails_due: set[str] = set()  # masks moved since the slider last rested
         self._painted: list = []  # PaintedLabels the masks keep (oldest first)
         self._painted_files: dict = {}  # path -> corrections read once (_painted_file)
         self._refresh_turn = -1

@@ -396,6 +396,25 @@ def test_a_drag_redraws_the_mask_at_once_and_its_thumbnail_once_the_slider_rests
     assert not np.array_equal(mask.thumbnail, high)  # drawn again, from the 0.05 mask
 
 
+def test_a_mask_left_mid_drag_for_another_method_still_gets_its_thumbnail(app, qtbot) -> None:
+    """Switching the method within the settle time after a drag: the first method's
+    mask, no longer the current one, still has its thumbnail drawn once things rest."""
+    viewer, widget, _ = app
+    widget.thr_method.value = "cam"
+    widget.threshold.value = 0.9
+    _mask_made(qtbot, viewer, widget, "cam")
+    widget.thr_method.value = "fcam"
+    widget.threshold.value = 0.9
+    mask = _mask_made(qtbot, viewer, widget)
+    qtbot.waitUntil(lambda: widget.area.value.startswith("fcam >= 0.90"), timeout=2000)
+    high = mask.thumbnail.copy()
+    widget.threshold.value = 0.05  # a drag's last move ...
+    widget.thr_method.value = "cam"  # ... and at once another method
+    qtbot.waitUntil(lambda: widget.area.value.startswith("cam >= 0.90"), timeout=2000)
+    qtbot.waitUntil(lambda: not widget._settle_timer.isActive(), timeout=2000)
+    assert not np.array_equal(mask.thumbnail, high)  # the fcam mask's, from 0.05
+
+
 def test_cancel_stops_a_whole_slide_run(viewer, qtbot) -> None:
     viewer.open_sample("napari-wsol", "cmu_small_region")
     widget = _dock(viewer)
