@@ -207,9 +207,7 @@ def refresh_in_place(layer) -> None:
     own (private) method, on the layer behind a plugin's proxy; a version without it
     keeps no such copy.
     """
-    reset = getattr(_unproxied(layer), "_reset_thumbnail_level_data", None)
-    if reset is not None:
-        reset()
+    _forget_thumbnail_level(layer)
     layer.refresh()
 
 
@@ -225,10 +223,15 @@ def refresh_view(layer) -> None:
 
 def refresh_thumbnail(layer) -> None:
     """The thumbnail of ``layer`` from its current values (see :func:`refresh_in_place`)."""
+    _forget_thumbnail_level(layer)
+    layer.refresh(data_displayed=False, extent=False, highlight=False)
+
+
+def _forget_thumbnail_level(layer) -> None:
+    # napari 0.9's private copy of the coarsest level, kept for the thumbnail.
     reset = getattr(_unproxied(layer), "_reset_thumbnail_level_data", None)
     if reset is not None:
         reset()
-    layer.refresh(data_displayed=False, extent=False, highlight=False)
 
 
 def _unproxied(obj):

@@ -722,7 +722,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
 
         The first of a process shows napari's activity indicator in the status bar,
         which grows it by a pixel: inside the call the canvas is resized and drawn
-        twice (80-100 ms in software OpenGL), in the first job's start. Later ones take
+        twice (60-75 ms in software OpenGL), in the first job's start. Later ones take
         2-3 ms.
         """
         progress(total=0, desc="napari-wsol").close()

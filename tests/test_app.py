@@ -813,7 +813,7 @@ def test_the_first_brush_circle_finds_its_shaders_written(viewer, qtbot, monkeyp
 
 def test_the_first_progress_bar_leaves_the_canvas_its_size(viewer, qtbot) -> None:
     """napari's first progress bar of a process makes the status bar a pixel taller, and
-    the canvas is resized and drawn twice inside the call (80-100 ms here); the app
+    the canvas is resized and drawn twice inside the call (60-75 ms here); the app
     makes and closes one on an idle turn after the dock appears, so its first job's
     progress bar (the same call) resizes nothing."""
     from napari.utils import progress
