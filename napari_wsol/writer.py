@@ -7,6 +7,7 @@ size, which the app's layers carry in ``metadata["slide_mpp"]``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,9 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     metadata = meta.get("metadata") or {}
     scale = np.asarray(meta.get("scale", (1.0, 1.0)), dtype=float)[-2:]
     translate = np.asarray(meta.get("translate", (0.0, 0.0)), dtype=float)[-2:]
-    levels = list(data) if isinstance(data, list | tuple) else [data]
+    # A multiscale layer's data reaches the hook as napari's MultiScaleData (a Sequence
+    # of levels), and np.asarray of that is its coarsest level, not its finest.
+    levels = list(data) if isinstance(data, Sequence) else [data]
     name = target.name.lower()
     if name.endswith(".geojson") or name.endswith(".json"):
         slide_mpp = metadata.get("slide_mpp") or 1.0

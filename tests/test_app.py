@@ -123,6 +123,32 @@ def test_writer_saves_labels_as_ome_tiff_and_qupath_geojson(viewer, tmp_path: Pa
     assert ring[:, 1].max() == pytest.approx((300 * 2 + 10 - 1) / 0.5, abs=1)
 
 
+def test_writer_saves_a_multiscale_mask_from_its_finest_level(viewer, tmp_path: Path) -> None:
+    """napari hands the writer a multiscale layer's data as MultiScaleData, whose
+    np.asarray is its coarsest level: the file must hold the finest."""
+    labels = np.zeros((400, 600), np.uint8)
+    labels[100:200, 150:450] = 1
+    layer = viewer.add_labels(
+        [labels, labels[::2, ::2], labels[::4, ::4]],
+        scale=(2.0, 2.0),
+        units=("um", "um"),
+        metadata={"slide_mpp": 0.5},
+    )
+    assert layer.multiscale
+    tif = tmp_path / "mask.ome.tif"
+    layer.save(str(tif), plugin="napari-wsol")
+    with tifffile.TiffFile(tif) as fh:
+        np.testing.assert_array_equal(fh.series[0].levels[0].asarray(), labels)
+    geo = tmp_path / "mask.geojson"
+    layer.save(str(geo), plugin="napari-wsol")
+    (feature,) = json.loads(geo.read_text())["features"]
+    ring = np.array(feature["geometry"]["coordinates"][0])
+    # columns 150-449 at 2 µm/px over a 0.5 µm/px slide: level-0 x from 598 to 1798,
+    # within the outline's simplification (half a mask pixel, 2 level-0 px)
+    assert ring[:, 0].min() == pytest.approx((150 * 2 - 1) / 0.5, abs=2)
+    assert ring[:, 0].max() == pytest.approx((450 * 2 - 1) / 0.5, abs=2)
+
+
 def test_sample_data_includes_the_real_slide(viewer) -> None:
     (slide,) = viewer.open_sample("napari-wsol", "cmu_small_region")
     assert slide.data.shape == (2967, 2220, 3)
@@ -238,8 +264,7 @@ def test_a_pixel_size_set_by_hand_moves_the_image_its_maps_and_its_corrections(
     assert np.abs(ring.mean(axis=0) - stroke[::-1]).max() < 4
     mask = viewer.layers["fcam mask"]  # placed before, moved with the image
     data, meta, _ = mask.as_layer_data_tuple()
-    levels = [np.asarray(d) for d in data] if mask.multiscale else np.asarray(data)
-    write_labels(str(tmp_path / "mask.geojson"), levels, meta)
+    write_labels(str(tmp_path / "mask.geojson"), data, meta)
     features = json.loads((tmp_path / "mask.geojson").read_text())["features"]
     xy = np.concatenate([np.asarray(f["geometry"]["coordinates"][0]) for f in features])
     assert len(features) and xy.max(axis=0) == pytest.approx([451, 300], abs=8)
