@@ -5,18 +5,21 @@ A mixin of :class:`napari_wsol.widget.WSOLWidget`.
 
 from __future__ import annotations
 
+import itertools
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from qtpy.QtWidgets import QFileDialog
 
 from napari_wsol import layers as L
+from napari_wsol._pixel_size import slide_key
 from napari_wsol.reader import SLIDE_KEY
 from wsol.cams import METHODS
 from wsol.errors import InputError
 from wsol.infer import MapStore
 from wsol.region import Region
-from wsol.session import Session
+from wsol.session import Session, SessionState, default_session_folder
 
 
 class ExportSessionMixin:
@@ -37,7 +40,7 @@ class ExportSessionMixin:
 
         if self._last_export_folder is not None:
             return self._last_export_folder
-        layer = self.image.value
+        layer = self._exported_image()
         path = layer.metadata.get(SLIDE_KEY) if layer is not None else None
         if path:
             folder = Path(path).resolve().parent
@@ -52,9 +55,14 @@ class ExportSessionMixin:
     def _stem(self) -> str:
         from wsol.slide import slide_stem
 
-        layer = self.image.value
+        layer = self._exported_image()
         path = layer.metadata.get(SLIDE_KEY) if layer is not None else None
         return slide_stem(path) if path else (layer.name if layer is not None else "image")
+
+    def _exported_image(self):
+        """The image the exports come from: the one the shown maps are of, whichever
+        image is chosen in the Inspect tab now."""
+        return self._maps_layer if self._maps_layer is not None else self.image.value
 
     def export(self, what: str, path: Path | None = None) -> Path | None:
         """Export the mask / GeoJSON / heatmap of the threshold map, or the model.
@@ -155,13 +163,68 @@ class ExportSessionMixin:
 
     def _session_saved(self, payload) -> None:
         self.session, store, levels = payload
-        if store is not None:
-            self._open_store(store, self._source(), levels)
+        if self._session_key is not None:
+            self._sessions[self._session_key] = self.session
+        if store is not None and self._maps_layer is not None:
+            # The copied maps stay on the image they are of, not the one chosen now.
+            self._open_store(store, self._maps_layer, levels)
         if self._edit is not None:  # strokes made while the files were copied
             self._saved_corrections = None
             self._save_corrections()
         self._update_session_info()
         self.status.value = f"Session saved to {self.session.folder}"
+
+    def _follow_image(self, layer) -> None:
+        """Work on ``layer`` in its own session.
+
+        A session holds one image's maps, labels and corrections (``wsol predict
+        --session`` lays them on that slide), so the first job on another image moves
+        to the session that image had earlier in this viewer, or to a new one that
+        starts from the current model version. Strokes painted on one image then never
+        reach another's masks or fine-tuning.
+        """
+        key = slide_key(layer)
+        if self._session_key in (None, key):
+            self._session_key = key
+            return
+        self._save_corrections()
+        self._sessions[self._session_key] = self.session
+        session = self._sessions.get(key)
+        if session is None:
+            state = SessionState(**asdict(self.session.state))
+            model = self._current_model_path()
+            state.base_model = str(model) if model else None
+            state.versions, state.current = [], 0
+            state.slide = state.slide_mpp = state.store = None
+            state.run_region = state.edit_region = None
+            session = Session(self._new_session_folder(), state)
+        self._use_session(session, key)
+        self._save_session()
+        self.status.value = f"{layer.name}: working in session {session.folder}"
+
+    def _new_session_folder(self) -> Path:
+        taken = {self.session.folder, *(s.folder for s in self._sessions.values())}
+        base = default_session_folder()
+        for n in itertools.count(1):
+            folder = base if n == 1 else base.with_name(f"{base.name}-{n}")
+            if folder not in taken and not folder.exists():
+                return folder
+        raise AssertionError("unreachable")
+
+    def _use_session(self, session: Session, key: str | None) -> None:
+        """Make ``session`` the one the widget works in: its model and versions."""
+        self.session = session
+        self._session_key = key
+        if key is not None:
+            self._sessions[key] = session
+        # The labelled region shown was the old session's: its strokes are not this one's.
+        self._drop_label_layers()
+        with self.checkpoint.changed.blocked():
+            self.checkpoint.value = session.state.base_model or ""
+        self._model, self._model_source = None, ()
+        self._refresh_versions()
+        self._show_model_info()
+        self._update_session_info()
 
     def _open_session_dialog(self) -> None:
         folder = self._ask_folder("Open a session folder")
@@ -192,18 +255,12 @@ class ExportSessionMixin:
         elif self.image.value is None:
             self.status.value = "Error: the session has no slide file; open its image first."
             return
-        self.session = session
-        # The labelled region was the old session's: its strokes are not this one's.
-        self._edit, self._saved_corrections = None, None
         if layer is not None:
             self.image.value = layer
         layer = self._source()
+        self._save_corrections()
+        self._use_session(session, slide_key(layer))
         self._restore_pixel_size(layer, state.slide_mpp)
-        with self.checkpoint.changed.blocked():
-            self.checkpoint.value = state.base_model or ""
-        self._model, self._model_source = None, ()
-        self._refresh_versions()
-        self._show_model_info()
         with self.methods.changed.blocked():
             self.methods.value = [m for m in state.methods if m in METHODS]
         choices = list(self.scope.choices)

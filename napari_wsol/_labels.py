@@ -46,12 +46,15 @@ class LabelsMixin:
     def make_pseudo_labels(self, region: Region | None = None) -> None:
         """Pseudo-labels of ``region``, by default the view (or drawn region), at the
         model's resolution; the region's saved corrections come with them."""
+        if self._refuse_if_busy():
+            return
         try:
             layer = self._source()
             region = region or self._edit_region()
         except InputError as exc:
             self.status.value = str(exc)
             return
+        self._follow_image(layer)
         slide = self._slide(layer)
         method = self.seed_method.value
         bg, erode = float(self.bg_fraction.value), int(self.erode.value)
@@ -257,7 +260,7 @@ class LabelsMixin:
             self.status.value = "Guiding the CAM needs corrections: paint some pixels first."
             return
         edit = self._edit
-        slide = self._slide(self._source())
+        slide = self._slide(self._edit_layer)  # the labelled image, whichever is chosen now
         target_name = self.target.value
         session = self.session
         cache = self._round_cache
@@ -319,4 +322,5 @@ class LabelsMixin:
             steps = f"{result.steps_done} of {self.steps.value} steps in the time limit"
         self.status.value = f"Saved {path.name} ({steps}, {seconds:.1f} s{kept})."
         if self.store is not None:
-            self._then = self.run  # refresh the overlays with the new heads
+            # Refresh the overlays with the new heads, on the image they are of.
+            self._then = lambda: self._run_maps(self._maps_layer)

@@ -167,14 +167,18 @@ class PixelSizeMixin:
         return region
 
     def _drop_labels(self) -> None:
+        self.session.state.edit_region = None
+        self._drop_label_layers()
+        self._save_session()
+
+    def _drop_label_layers(self) -> None:
+        """Take the labelled region off the viewer (its files stay in the session)."""
         from napari_wsol._labels import CORRECTIONS_LAYER, PSEUDO_LAYER
 
         self._edit, self._saved_corrections = None, None
-        self.session.state.edit_region = None
         for name in (PSEUDO_LAYER, CORRECTIONS_LAYER):
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
-        self._save_session()
 
     def _restore_pixel_size(self, layer, mpp: float | None) -> None:
         """A restored session's pixel size, for an image whose file records none."""

@@ -175,6 +175,9 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         # round to the next.
         self._round_cache = RoundCache()
         self._edit_layer = None  # the image layer the pseudo-labels are on
+        # One session per image (slide_key): work on another image moves to its own.
+        self._session_key: str | None = None
+        self._sessions: dict[str, Session] = {}
         self._maps_layer = None  # the image layer the shown maps are of
         self._lead = None  # the overlay a run shows (LEAD_METHODS)
         self._added_hidden: list[str] = []  # overlays this run added hidden
@@ -576,7 +579,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         self._save_session()
         self.status.value = f"Model version {self.version.value}."
         if self.store is not None:
-            self.run()  # show what this version sees
+            self._run_maps(self._maps_layer)  # show what this version sees
 
     # ================================================================ jobs
     def _busy(self, busy: bool) -> None:
@@ -586,15 +589,24 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
             self.train_button,
             self.otsu_button,
             self.open_session_button,
+            # A job runs with one model: choosing another mid-job would leave the
+            # session on it and the overlays on the job's.
+            self.version,
+            self.checkpoint,
         ):
             button.enabled = not busy
         self.cancel_button.enabled = busy
         self._show_pixel_size()  # not while a job works on the image
 
-    def _start(self, job, desc: str, on_yield, on_return, total: int = 0) -> bool:
-        """Run ``job`` (a generator function) in a napari worker; False when busy."""
+    def _refuse_if_busy(self) -> bool:
         if self.worker is not None:
             self.status.value = "Busy: wait for the current job or cancel it."
+            return True
+        return False
+
+    def _start(self, job, desc: str, on_yield, on_return, total: int = 0) -> bool:
+        """Run ``job`` (a generator function) in a napari worker; False when busy."""
+        if self._refuse_if_busy():
             return False
         self._stop.clear()
         self._pbar = progress(total=total, desc=desc)
@@ -796,8 +808,16 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
     # ================================================================ run maps
     def run(self) -> None:
         """Compute the chosen methods over the scope (the view's region first)."""
+        self._run_maps(None)
+
+    def _run_maps(self, layer) -> None:
+        """:meth:`run` on ``layer`` while it is open, else on the image chosen in the
+        Inspect tab."""
+        if self._refuse_if_busy():
+            return
         try:
-            layer = self._source()
+            if layer is None or layer not in self.viewer.layers:
+                layer = self._source()
             methods = list(self.methods.value)
             if not methods:
                 raise InputError("choose at least one method")
@@ -806,6 +826,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         except InputError as exc:
             self.status.value = str(exc)
             return
+        self._follow_image(layer)
         self.session.state.methods = methods
         self.session.state.scope = self.scope.value
         self.session.state.dense_crf = bool(self.dense_crf.value)

@@ -915,10 +915,17 @@ def test_export_dialogs_open_beside_the_slide_then_where_the_last_export_went(
     (own,) = viewer.open(str(copy), plugin="napari-wsol")
     widget.image.value = own
     answers.append("")
+    widget.export("geojson")  # the maps shown are still the sample's
+    assert offered[-1] == tmp_path / "home" / "he_tile_fcam.geojson"
+    widget.run()
+    _wait(qtbot, widget)
+    answers.append("")
     widget.export("geojson")
     assert offered[-1] == tmp_path / "slides" / "case 7_fcam.geojson"
 
     widget.image.value = sample
+    widget.run()
+    _wait(qtbot, widget)
     answers.append(str(tmp_path / "out" / "chosen.ome.tif"))
     (tmp_path / "out").mkdir()
     assert widget.export("heatmap") == tmp_path / "out" / "chosen.ome.tif"
@@ -965,6 +972,77 @@ def test_session_round_trip_reproduces_the_layers(
     assert restored.methods.value == widget.methods.value
     assert restored.steps.value == 7 and restored.lr.value == pytest.approx(3.5e-4)
     assert restored.seconds.value == 2.5
+
+
+def _second_image(viewer, image, tmp_path: Path):
+    """The sample tile upside down, as a PNG: the same size (so the same labelled
+    boxes), no pixel size (so another scale)."""
+    path = tmp_path / "upside_down.png"
+    Image.fromarray(np.ascontiguousarray(np.asarray(image.data)[::-1])).save(path)
+    (other,) = viewer.open(str(path), plugin="napari-wsol")
+    return other
+
+
+def test_each_image_works_in_its_own_session(app, qtbot, tmp_path: Path) -> None:
+    """Strokes painted on one image never reach another's labels or masks; the second
+    image's session starts from the first one's model; going back brings the first
+    session back; saving keeps the maps on the image they are of, whichever is chosen."""
+    viewer, widget, tile = app
+    _, corrections = _labels_of(viewer, widget, qtbot)
+    with corrections.block_history():
+        corrections.paint((30, 40), 2)
+    first, region = widget.session, widget._edit["region"]
+    model = widget._current_model_path()
+
+    other = _second_image(viewer, tile, tmp_path)
+    widget.image.value = other
+    widget.make_pseudo_labels(region)  # the same box, on the other image
+    _wait(qtbot, widget)
+    assert widget.session is not first and widget.session.folder != first.folder
+    assert widget.session.state.base_model == str(model) and widget.session.state.current == 0
+    assert not viewer.layers["corrections"].data.any()  # the tile's stroke is not here
+    assert widget.session.painted(widget.session.edit_region()) == []  # nor in its masks
+    assert first.load_labels(region, "corrections")[30, 40] == 2  # kept where painted
+
+    fcam = viewer.layers["fcam"]
+    scale, translate = tuple(fcam.scale), tuple(fcam.translate)
+    widget.save_session(tmp_path / "saved")  # shown: the tile's maps; chosen: the other
+    _wait(qtbot, widget)
+    assert widget.status.value.startswith("Session saved"), widget.status.value
+    assert tuple(fcam.scale) == pytest.approx(scale)
+    assert tuple(fcam.translate) == pytest.approx(translate)
+    assert widget._stem() == "he_tile"  # exports are named after the maps' image
+
+    widget.image.value = tile
+    widget.make_pseudo_labels(region)
+    _wait(qtbot, widget)
+    assert widget.session is first
+    assert viewer.layers["corrections"].data[30, 40] == 2
+    widget.image.value = other
+    widget.make_pseudo_labels(region)
+    _wait(qtbot, widget)
+    assert widget.session.folder == tmp_path / "saved"  # the other's, where it was saved
+
+
+def test_fine_tune_trains_on_the_labelled_image_not_the_chosen_one(
+    app, qtbot, tmp_path: Path
+) -> None:
+    viewer, widget, tile = app
+    _labels_of(viewer, widget, qtbot)
+    region = widget._edit["region"]
+    folder = widget.save_session(tmp_path / "saved")
+    _wait(qtbot, widget)
+    widget.restore_session(folder)  # the region's pixels are read again when needed
+    assert widget._edit["rgb"] is None
+    widget.image.value = _second_image(viewer, tile, tmp_path)
+    widget.steps.value, widget.seconds.value = 2, 0
+    widget.fine_tune()
+    _wait(qtbot, widget)
+    assert widget.session.state.versions == ["models/v001.safetensors"]
+    from wsol.region import read_region_rgb
+
+    rgb = read_region_rgb(widget._slide(tile), region)
+    np.testing.assert_array_equal(widget._edit["rgb"], rgb)
 
 
 def test_open_session_names_a_bad_folder(app, tmp_path: Path) -> None:
