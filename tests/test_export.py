@@ -64,8 +64,28 @@ def test_mask_is_a_pyramidal_ome_tiff_of_the_thresholded_map(store, tmp_path: Pa
         assert "PhysicalSizeX" in tif.ome_metadata
         assert levels[0].keyframe.is_tiled
     assert mask.shape == heat.shape and set(np.unique(mask)) <= {0, 255}
-    np.testing.assert_array_equal(mask == 255, heat >= 0.2)
+    np.testing.assert_array_equal(mask == 255, heat.astype(np.float32) >= 0.2)
     assert 0 < (mask == 255).mean() < 1
+
+
+def test_masks_compare_the_stored_map_with_the_threshold_as_the_app_does(
+    store, tmp_path: Path
+) -> None:
+    """Maps are stored in float16. A Python float threshold against them is rounded to
+    float16 (NumPy's weak scalars), down onto values just under it: the export must
+    compare as the app's mask layer and area do, in float32."""
+    heat = np.asarray(store.levels("cam")[0][...])
+    value = np.float32(np.median(heat[heat > 0.1]))
+    t = float(np.nextafter(value, np.float32(1)))  # just above a stored value
+    assert np.float16(t) == value  # which float16 rounds it back onto
+    expected = heat.astype(np.float32) >= np.float32(t)
+    assert (heat == value).any() and not expected[heat == value].any()
+    png = write_mask_png(store, "cam", tmp_path / "m.png", threshold=t)
+    from PIL import Image
+
+    np.testing.assert_array_equal(np.asarray(Image.open(png)) == 255, expected)
+    path = write_mask_tiff(store, "cam", tmp_path / "m.ome.tif", threshold=t)
+    np.testing.assert_array_equal(tifffile.imread(path, level=0) == 255, expected)
 
 
 def test_geojson_is_a_qupath_feature_collection_in_slide_pixels(store, tmp_path: Path) -> None:
@@ -128,7 +148,7 @@ def test_exported_masks_keep_the_corrections_on_every_level(store, tmp_path: Pat
     labels = np.full(region.shape, FOREGROUND, np.uint8)
     labels[:, labels.shape[1] // 2 :] = BACKGROUND
     painted = [PaintedLabels(labels, region)]
-    want = heat >= 0.2
+    want = heat.astype(np.float32) >= 0.2
     want[4:12, 6:12] = True
     want[4:12, 12:18] = False
     tif = write_mask_tiff(store, "cam", tmp_path / "m.ome.tif", 0.2, corrections=painted)
@@ -147,7 +167,9 @@ def test_exported_masks_keep_the_corrections_on_every_level(store, tmp_path: Pat
     png = write_mask_png(store, "cam", tmp_path / "m.png", 0.2, corrections=painted)
     np.testing.assert_array_equal(np.asarray(Image.open(png)) == 255, want)
     plain = write_mask_png(store, "cam", tmp_path / "plain.png", 0.2)
-    np.testing.assert_array_equal(np.asarray(Image.open(plain)) == 255, heat >= 0.2)
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(plain)) == 255, heat.astype(np.float32) >= 0.2
+    )
     geo = write_geojson(store, "cam", tmp_path / "m.geojson", 0.2, corrections=painted)
     area = sum(
         _area(np.array(f["geometry"]["coordinates"][0]))

@@ -40,7 +40,7 @@ def write_mask_tiff(
     """
 
     def convert(block, scale, rows, cols):
-        mask = block >= threshold
+        mask = at_least(block, threshold)
         mask = apply_painted(mask, corrections, scale, rows, cols)
         return mask * np.uint8(255)
 
@@ -74,6 +74,16 @@ def write_mask_png(
     return path
 
 
+def at_least(values: np.ndarray, threshold: float) -> np.ndarray:
+    """``values >= threshold`` compared in float32, as the app's masks and areas are.
+
+    Maps are stored in float16, and a Python float against a float16 array is rounded
+    to float16 (NumPy's weak scalars): down onto stored values just under it, which
+    would then count as positive in a file but not on screen.
+    """
+    return values >= np.float32(threshold)
+
+
 def _level(store: MapStore, method: str, level: int):
     levels = store.levels(method)
     if not 0 <= level < len(levels):
@@ -90,7 +100,7 @@ def _mask(
 ) -> np.ndarray:
     """One whole map level thresholded, with the corrections on top (bool)."""
     values = np.asarray(_level(store, method, level)[...])
-    mask = values >= threshold
+    mask = at_least(values, threshold)
     rows, cols = np.arange(mask.shape[0]), np.arange(mask.shape[1])
     return apply_painted(mask, corrections, store.scale(level), rows, cols)
 
