@@ -61,16 +61,22 @@ class LabelsMixin:
         target_name = self.target.value
         session = self.session
 
+        stop = self._stop
+
         def job():
             from wsol.region import pseudo_labels, read_region_rgb, seed_map
 
             yield ("read", 0, 3)
             rgb = read_region_rgb(slide, region)
+            if stop.is_set():
+                return None
             yield ("map", 1, 3)
             model = self._model_for_job()
             names = list(model.config.class_names)
             target = names.index(target_name) if target_name in names else 1
             heat = seed_map(model, rgb, method, target)
+            if stop.is_set():
+                return None
             yield ("labels", 2, 3)
             pseudo = pseudo_labels(heat, bg, erode)
             session.save_labels(region, "pseudo", pseudo)
@@ -84,6 +90,9 @@ class LabelsMixin:
         self._set_progress(done, total)
 
     def _pseudo_done(self, result) -> None:
+        if result is None:
+            self.status.value = "Pseudo-labels cancelled; the labels shown are unchanged."
+            return
         region, rgb, pseudo, corrections = result
         self._show_labels(self._edit_layer, region, pseudo, corrections, rgb, spread=True)
         self.status.value = (

@@ -745,6 +745,16 @@ def test_faithfulness_of_the_view_matches_the_engine(app, qtbot) -> None:
         assert f"{expected[method]['insertion_auc']:.1f}" in table
 
 
+def test_pseudo_labels_cancel_leaves_no_labels(app, qtbot) -> None:
+    viewer, widget, _ = app
+    widget.make_pseudo_labels()
+    widget.cancel()  # before its map is computed
+    _wait(qtbot, widget)
+    assert "cancelled" in widget.status.value
+    assert "pseudo-labels" not in viewer.layers and widget._edit is None
+    assert not list((widget.session.folder / "labels").glob("*.pseudo.png"))
+
+
 def test_fine_tune_cancel_keeps_the_version(app, qtbot) -> None:
     viewer, widget, _ = app
     _labels_of(viewer, widget, qtbot)
