@@ -155,6 +155,11 @@ def test_cancel_then_resume_matches_an_uninterrupted_run(
     assert part.cancelled and not part.store.complete
     assert part.tiles_run == seen[-1] < part.tiles_total
     assert part.store.chunk_done.any() and not part.store.chunk_done.all()
+    # What ran is on disk even in chunks not finished yet (shown, not marked final).
+    c = part.store.chunk
+    unfinished = np.kron(1 - part.store.chunk_done, np.ones((c, c), np.uint8)).astype(bool)
+    heat = _map(part.store, "cam")
+    assert heat[unfinished[: heat.shape[0], : heat.shape[1]]].max() > 0
     progress = []
     rest = infer_slide(
         small_model,

@@ -243,6 +243,10 @@ def infer_slide(
             for _, future in pending:
                 future.cancel()
             plan.save_probabilities(store)
+        if cancelled:
+            # Keep what ran on screen: unfinished chunks are written as they stand, not
+            # marked final, so a resumed run computes them again.
+            plan.flush_partial(store)
     seconds = time.perf_counter() - start
     if not cancelled:
         store.set_complete(seconds)
