@@ -473,6 +473,12 @@ def test_train_stages_from_the_command_line_with_corrections(tmp_path: Path, cap
     # Rerunning the finished stage resumes past its last epoch: nothing left to do.
     assert main(fcam_stage) == 0
     assert "0 steps" in capsys.readouterr().out
+    # From other weights the same command is another run, not that one resumed.
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(fcam.read_bytes())
+    fcam_stage[fcam_stage.index(str(cls))] = str(other)
+    assert main(fcam_stage) == 0
+    assert "0 steps" not in capsys.readouterr().out
 
 
 def test_train_rejects_bad_corrections(tmp_path: Path, checkpoint: Path, capsys) -> None:

@@ -238,6 +238,14 @@ def test_cancel_then_resume_ends_with_the_weights_of_a_straight_run(tmp_path: Pa
     result = train(resumed, data, "fcam", config, checkpoint=ckpt)
     assert result.epochs_done == 3 and result.steps_done == 4  # epochs 2 and 3 only
     assert _same(_weights(resumed.decoder), _weights(straight.decoder))
+    # Nor do other start weights or other data, with the same settings: the finished
+    # run's state is not theirs, so they train from the model given.
+    changed = _model()
+    with torch.no_grad():
+        changed.decoder.segmentation.bias.add_(0.5)
+    assert train(changed, data, "fcam", config, checkpoint=ckpt).steps_done == 6
+    other_data, _ = _toy(seed=1)
+    assert train(_model(), other_data, "fcam", config, checkpoint=ckpt).steps_done == 6
     # Other settings do not resume: a straight run from the model given.
     other = train(
         _model(),

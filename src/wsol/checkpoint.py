@@ -5,6 +5,7 @@ Loading never unpickles: safetensors holds raw tensors and a JSON header only.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -19,6 +20,20 @@ from wsol.model import WSOLModel
 CONFIG_KEY = "wsol_config"
 FORMAT_KEY = "wsol_format"
 FORMAT_VERSION = "1"
+
+
+def model_fingerprint(model: WSOLModel) -> str:
+    """Hash of the model's config and weights: what a resumed job must start from."""
+    digest = hashlib.sha1(model.config.to_json().encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor_bytes(tensor))
+    return digest.hexdigest()
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """A tensor's raw bytes (any dtype or device), for hashing."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def save_model(model: WSOLModel, path: str | Path, half: bool = False) -> Path:

@@ -748,13 +748,9 @@ def _train(args: argparse.Namespace) -> int:
         raise InputError(f"--seconds {args.seconds}: must be >= 0 (0: no limit)")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = args.out
-    # Resume from --out when it holds this stage's state, else start from --checkpoint.
-    start = (
-        out
-        if (out.exists() and Path(f"{out}.state.pt").exists() and not args.restart)
-        else args.checkpoint
-    )
-    model = load_model(start).to(device)
+    # Always built from --checkpoint: the trainer resumes from --out's saved epoch only
+    # when that run started from these same weights and data, with the same settings.
+    model = load_model(args.checkpoint).to(device)
     dataset = WSOLDataset(args.dataset, model.config.class_names, model.config.multilabel)
     data = TrainData.from_dataset(
         dataset, args.size or model.config.input_size, masks_as_labels=args.mask_labels

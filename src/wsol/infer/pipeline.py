@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from wsol.cams import CAM_METHODS, METHODS, compute_many
+from wsol.checkpoint import model_fingerprint
 from wsol.errors import InputError
 from wsol.infer.grid import TileGrid, make_grid
 from wsol.infer.store import MapStore
@@ -259,17 +260,6 @@ def infer_slide(
         runner.timings,
         tissue_mask,
     )
-
-
-def model_fingerprint(model: WSOLModel) -> str:
-    """Hash of the model's config and weights: a store is resumed only for the same model."""
-    digest = hashlib.sha1(model.config.to_json().encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(
-            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        )
-    return digest.hexdigest()
 
 
 def _file_size(path: Path) -> int:

@@ -8,6 +8,7 @@ the machine affords) and refuses to go on from a non-finite loss.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from scipy import ndimage
 
 from wsol.atomic import atomic_path
 from wsol.cams import compute_many
+from wsol.checkpoint import model_fingerprint, tensor_bytes
 from wsol.errors import InputError, WSOLError
 from wsol.guidance import cam_logits, guidance_loss
 from wsol.losses import BarrierSchedule, crf_loss, keep_loss, partial_cross_entropy, size_loss
@@ -329,6 +331,7 @@ class _Trainer:
             model.classifier.kernel_usage = float(config.kernel_usage)
         if model.config.multilabel and data.present is None:
             raise InputError("a multi-label model needs data.present (the classes of each image)")
+        self._origin: dict = {}  # start weights and data, with a checkpoint (run)
         self.labelled = (
             torch.zeros(0, dtype=torch.long)
             if data.corrections is None
@@ -377,6 +380,10 @@ class _Trainer:
         if n == 0:
             raise InputError("no training images")
         round_started = time.perf_counter()  # a time limit counts the encoding too
+        if checkpoint:
+            # What this run starts from and learns on: a checkpoint's state resumes a
+            # run only with the same weights and data, not merely the same settings.
+            self._origin = {"start": model_fingerprint(self.model), "data": self._data_digest()}
         start_epoch = self._resume(checkpoint) if (checkpoint and resume) else 0
         if self.stage == "heads":
             self._start_heads()
@@ -971,7 +978,14 @@ class _Trainer:
         return Path(f"{checkpoint}.state.pt")
 
     def _settings(self) -> dict:
-        return {"stage": self.stage, "config": asdict(self.config)}
+        return {"stage": self.stage, "config": asdict(self.config), **self._origin}
+
+    def _data_digest(self) -> str:
+        digest = hashlib.sha1()
+        data = self.data
+        for tensor in (data.images, data.labels, data.corrections, data.present):
+            digest.update(b"-" if tensor is None else tensor_bytes(tensor))
+        return digest.hexdigest()
 
     def _save(self, checkpoint: str | Path, epoch: int) -> None:
         self.model.save(checkpoint)
