@@ -111,6 +111,30 @@ def test_local_pretrained_weights_file_initialises_the_encoder(tmp_path: Path) -
     torch.testing.assert_close(
         model.encoder.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var
     )
+    # A backbone whose features-only encoder renames its modules ("stages_0") loads too.
+    reference = timm.create_model("convnext_atto")
+    weights = tmp_path / "convnext_atto.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(weights))
+    model = wsol.create_model("convnext_atto", 2, pretrained=weights)
+    torch.testing.assert_close(model.encoder.stem_0.weight, reference.stem[0].weight)
+
+
+def test_a_weights_file_of_another_model_is_refused_not_ignored(tmp_path: Path) -> None:
+    """timm loads local files leniently: keys it does not know leave the encoder random."""
+    foreign = tmp_path / "other.safetensors"
+    save_file({"a": torch.zeros(3)}, str(foreign))
+    with pytest.raises(PretrainedWeightsError, match=r"other\.safetensors: fills 0 of the"):
+        wsol.create_model("resnet18", 2, pretrained=foreign)
+    ours = wsol.create_model("resnet18", 2).save(tmp_path / "ours.safetensors")
+    with pytest.raises(PretrainedWeightsError, match=r"ours\.safetensors"):
+        wsol.create_model("resnet18", 2, pretrained=ours)  # a whole model, keys "encoder.*"
+    wrong = tmp_path / "resnet34.safetensors"
+    save_file(
+        {k: v.contiguous() for k, v in timm.create_model("resnet34").state_dict().items()},
+        str(wrong),
+    )
+    with pytest.raises(PretrainedWeightsError, match="resnet18"):
+        wsol.create_model("resnet18", 2, pretrained=wrong)
 
 
 def test_missing_local_weights_file(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import timm
@@ -72,7 +73,7 @@ def build_encoder(
         kwargs["pretrained"] = bool(pretrained)
 
     try:
-        return timm.create_model(backbone, **kwargs)
+        encoder = timm.create_model(backbone, **kwargs)
     except (TypeError, AssertionError, NotImplementedError) as exc:
         if "output_stride" in kwargs:
             # timm backbones without dilation reject the argument in their own ways
@@ -94,6 +95,49 @@ def build_encoder(
             f"and pass its path instead (create_model(..., pretrained='weights.safetensors') "
             f"or --pretrained PATH)."
         ) from exc
+    if isinstance(pretrained, (str, Path)):
+        _check_loaded(encoder, Path(pretrained), backbone)
+    return encoder
+
+
+def _check_loaded(encoder: nn.Module, path: Path, backbone: str) -> None:
+    """Fail unless ``path`` gave the encoder its weights.
+
+    timm loads a local file with ``strict=False``: a file of another model (or a
+    napari-wsol checkpoint) leaves the encoder random with no more than a warning.
+    """
+    try:
+        file = timm.models.load_state_dict(str(path))
+    except Exception as exc:  # any unreadable file is the user's error
+        raise PretrainedWeightsError(f"{path}: not a readable weights file ({exc})") from exc
+
+    def digest(tensor) -> tuple:
+        data = tensor.detach().float().contiguous().numpy().tobytes()
+        return tuple(tensor.shape), hashlib.sha1(data).hexdigest()
+
+    # Matched by value, not name: timm's features-only wrappers rename modules
+    # ("stages.0" becomes "stages_0"), and a file's names are the full model's.
+    own = [v for v in encoder.state_dict().values() if v.is_floating_point()]
+    theirs = [v for v in file.values() if v.is_floating_point()]
+    unmatched: dict[tuple, int] = {}
+    for tensor in theirs:
+        key = digest(tensor)
+        unmatched[key] = unmatched.get(key, 0) + 1
+    used = 0
+    for tensor in own:
+        key = digest(tensor)
+        if unmatched.get(key):
+            unmatched[key] -= 1
+            used += 1
+    # A file of this backbone fills every tensor of the encoder and has little else (the
+    # classifier head a features-only encoder drops); a deeper sibling (resnet34 for
+    # resnet18) fills them all too, but leaves many of its own unused.
+    if used < 0.9 * len(own) or len(theirs) - used > 0.25 * len(theirs):
+        raise PretrainedWeightsError(
+            f"{path}: fills {used} of the {len(own)} weight tensors of a {backbone!r} "
+            f"encoder and leaves {len(theirs) - used} of its {len(theirs)} unused; "
+            f"give a timm weights file of that backbone"
+        )
 
 
 def feature_info(encoder: nn.Module) -> tuple[list[int], list[int]]:
