@@ -139,6 +139,15 @@ def test_read_mask_any_nonzero_channel(tmp_path: Path) -> None:
     assert read_mask(tmp_path / "m.png").sum() == 1
 
 
+def test_read_mask_takes_alpha_for_opacity_not_foreground(tmp_path: Path) -> None:
+    rgba = np.zeros((3, 3, 4), dtype=np.uint8)
+    rgba[..., 3] = 255  # black and opaque everywhere: no foreground
+    rgba[0, 0, :3] = 255  # one white pixel
+    rgba[2, 2, :3], rgba[2, 2, 3] = 255, 0  # white but transparent
+    Image.fromarray(rgba).save(tmp_path / "m.png")
+    np.testing.assert_array_equal(np.argwhere(read_mask(tmp_path / "m.png")), [[0, 0]])
+
+
 @pytest.mark.parametrize("suffix", [".npy", ".png", ".tif"])
 def test_write_map_round_trip(tmp_path: Path, suffix: str) -> None:
     heat = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)

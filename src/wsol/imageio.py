@@ -76,11 +76,14 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """Read a mask image as ``bool [H, W]``: any nonzero channel (or palette index) is
-    foreground."""
+    """Read a mask image as ``bool [H, W]``: any nonzero colour channel (or palette
+    index) is foreground. An alpha channel is opacity, not a label: a transparent
+    pixel is background, and a black opaque one too."""
     path = Path(path)
     array = _read_pixels(path, "mask", palette_to_rgb=False)
-    if array.ndim == 3:
+    if array.ndim == 3 and array.shape[-1] in (2, 4):  # grey or RGB, then alpha
+        array = array[..., :-1].any(axis=-1) & (array[..., -1] != 0)
+    elif array.ndim == 3:
         array = array.any(axis=-1) if array.shape[-1] <= 4 else array.any(axis=0)
     if array.ndim != 2:
         raise ImageReadError(f"{path}: unsupported mask shape {array.shape}")
