@@ -94,6 +94,20 @@ def test_cam_writes_a_map_of_the_image_size(
             "--target 'tumour'",
         ),
         (["eval", "{tmp}/nodata", "--checkpoint", "{ckpt}"], "nodata: dataset folder not found"),
+        # Outputs that cannot be written are refused before any work is done.
+        (
+            ["eval", "{tmp}/nodata", "--checkpoint", "{ckpt}", "--json", "{bad}/r.json"],
+            "bad.png is a file, not a folder",
+        ),
+        (
+            ["predict", "{img}", "--checkpoint", "{ckpt}", "--out", "{bad}"],
+            "bad.png: is a file; the output goes into a folder",
+        ),
+        (
+            ["train", "{tmp}", "--stage", "heads", "--checkpoint", "{ckpt}", "--out", "{tmp}/m.pt"],
+            "m.pt: checkpoints are written as .safetensors files",
+        ),
+        (["create-model", "{tmp}"], "is a folder; give a file name"),
     ],
 )
 def test_bad_input_exits_2_with_a_message_naming_the_file(
@@ -117,6 +131,36 @@ def test_unknown_method_is_an_argparse_error(capsys) -> None:
         main(["cam", "x.png", "--checkpoint", "c", "--method", "gradkam", "--out", "o.npy"])
     assert info.value.code == 2
     assert "unknown method(s) gradkam" in capsys.readouterr().err
+
+
+def test_eval_json_is_strict_json_when_a_metric_is_undefined(
+    tmp_path: Path, checkpoint: Path
+) -> None:
+    data = make_dataset(tmp_path / "data", n=4, size=48)
+    for mask in (data / "masks").iterdir():  # no foreground anywhere: PxAP is undefined
+        Image.fromarray(np.zeros((48, 48), np.uint8)).save(mask)
+    out = tmp_path / "metrics.json"
+    assert (
+        main(
+            [
+                "eval",
+                str(data),
+                "--checkpoint",
+                str(checkpoint),
+                "--methods",
+                "cam",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+
+    def no_constants(name: str):
+        raise AssertionError(f"{name} is not JSON")
+
+    report = json.loads(out.read_text(), parse_constant=no_constants)
+    assert report["methods"]["cam"]["pxap"] is None
 
 
 def test_eval_writes_per_method_metrics(tmp_path: Path, checkpoint: Path, capsys) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -451,8 +452,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_outputs(args)
         return _COMMANDS[args.command](args)
-    except (InputError, FileNotFoundError, IsADirectoryError) as exc:
+    except (
+        InputError,
+        FileNotFoundError,
+        IsADirectoryError,
+        NotADirectoryError,
+        FileExistsError,
+    ) as exc:
         print(f"wsol {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except WSOLError as exc:
@@ -461,6 +469,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"wsol {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an output path that cannot be written before any work is done: a
+    report or a model lost after an hour of training helps nobody."""
+    files = [getattr(args, "json", None)]
+    if args.command in ("train", "create-model", "cam"):
+        files.append(args.out)
+    for path in filter(None, files):
+        path = Path(path)
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder; give a file name")
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise InputError(f"{path}: cannot be written, {blocker} is a file, not a folder")
+    if args.command in ("train", "create-model") and Path(args.out).suffix != ".safetensors":
+        raise InputError(f"{args.out}: checkpoints are written as .safetensors files")
+    out = getattr(args, "out", None)
+    if args.command in ("predict", "demo", "make-benchmark") and out is not None:
+        if Path(out).exists() and not Path(out).is_dir():
+            raise InputError(f"{out}: is a file; the output goes into a folder")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -1160,8 +1189,21 @@ def _write_json(path: Path, data: dict) -> None:
     from wsol.atomic import atomic_path
 
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        # JSON has no NaN: a metric that is undefined (PxAP without any foreground
+        # pixel) is written as null, so every JSON reader can open the report.
+        tmp.write_text(json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n")
     print(f"wrote {path}", file=sys.stderr)
+
+
+def _finite(value):
+    """``value`` with every non-finite float (NaN, inf) replaced by None."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _version() -> str:
