@@ -108,6 +108,10 @@ def test_cam_writes_a_map_of_the_image_size(
             "m.pt: checkpoints are written as .safetensors files",
         ),
         (["create-model", "{tmp}"], "is a folder; give a file name"),
+        (
+            ["predict", "{img}", "{tmp}/chelsea.png", "--checkpoint", "{ckpt}", "--out", "{tmp}"],
+            "would write the same files (chelsea.*)",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_a_message_naming_the_file(

@@ -622,6 +622,18 @@ def _predict(args: argparse.Namespace) -> int:
         raise InputError("no slide given (name one or more, or give --session)")
     if args.checkpoint is None:
         raise InputError("--checkpoint is required without --session")
+    if not 0 <= args.min_tissue <= 1:
+        raise InputError(f"--min-tissue {args.min_tissue}: must be a fraction in [0, 1]")
+    from wsol.slide import slide_stem
+
+    first: dict[str, Path] = {}
+    for path in args.slides:
+        other = first.setdefault(slide_stem(path), path)
+        if other != path:
+            raise InputError(
+                f"{other} and {path} would write the same files ({slide_stem(path)}.*) in "
+                f"{args.out}; predict them into different --out folders"
+            )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.checkpoint).to(device)
     target = _target(args.target, model.config.class_names)

@@ -204,9 +204,11 @@ def write_geojson(
     k = next((k for k, a in enumerate(levels) if max(a.shape) <= GEOJSON_MAX_SIZE), len(levels) - 1)
     mask = _mask(store, method, k, threshold, corrections)
     name = class_name or _explained_class(store)
+    height, width = store.grid.slide_shape
     features = polygon_features(
         mask,
         scale=store.scale(k),
+        bounds=(height, width),
         name=name,
         color=color,
         properties={"name": f"{method} >= {threshold:g}", "method": method, "threshold": threshold},
@@ -222,16 +224,22 @@ def polygon_features(
     name: str = "Positive",
     color: tuple[int, int, int] = (230, 60, 60),
     properties: dict | None = None,
+    bounds: tuple[float, float] | None = None,
 ) -> list[dict]:
     """GeoJSON annotation features (QuPath's flavour) of a boolean mask.
 
     Mask pixel ``(r, c)`` covers level-0 pixels ``offset + [r, r + 1) * scale``;
     ``offset`` is ``(y, x)``. ``name`` becomes ``properties.classification.name``.
+    ``bounds`` ``(height, width)`` clips the outlines to the slide: a map's last row and
+    column of pixels can reach past its edge.
     """
     features = []
     oy, ox = offset
     for poly in mask_polygons(mask, scale=scale):
-        rings = [np.round(ring + np.array([ox, oy]), 2).tolist() for ring in poly]
+        rings = [ring + np.array([ox, oy]) for ring in poly]
+        if bounds is not None:
+            rings = [np.clip(ring, 0, [bounds[1], bounds[0]]) for ring in rings]
+        rings = [np.round(ring, 2).tolist() for ring in rings]
         features.append(
             {
                 "type": "Feature",
