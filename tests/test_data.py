@@ -109,7 +109,8 @@ def test_read_image_converts_gray_alpha_and_16_bit(tmp_path: Path) -> None:
     assert (read_image(tmp_path / "a.png") == 255).all()
     tifffile.imwrite(tmp_path / "d.tif", np.array([[0, 1000], [2000, 4000]], dtype=np.uint16))
     img = read_image(tmp_path / "d.tif")
-    assert img.dtype == np.uint8 and img[1, 1, 0] == 255 and img[0, 0, 0] == 0
+    # by its bit depth, as slides are: 4000 of 65535 is 16 of 255
+    assert img.dtype == np.uint8 and img[1, 1, 0] == 16 and img[0, 0, 0] == 0
     planar = np.zeros((3, 6, 7), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "p.tif", planar, photometric="rgb", planarconfig="separate")
     assert read_image(tmp_path / "p.tif").shape == (6, 7, 3)
@@ -130,6 +131,32 @@ def test_read_image_errors_name_the_file(tmp_path: Path, make, message: str) -> 
     with pytest.raises(ImageReadError, match=message) as info:
         read_image(path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["float 0-255", "float 0-1", "uint16", "uint16 grey png"])
+def test_an_image_reads_the_same_as_an_image_and_as_a_slide(tmp_path: Path, kind: str) -> None:
+    """wsol cam / eval / train (read_image) and predict / the app (open_slide) must see
+    the same pixels: 8-bit values saved as floats, and 16-bit by its bit depth."""
+    from wsol.slide import open_slide
+
+    rgb = np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    if kind == "uint16 grey png":
+        rgb = np.repeat(rgb[..., :1], 3, axis=-1)
+        path = tmp_path / "image.png"
+        Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(path)
+    else:
+        path = tmp_path / "image.tif"
+        data = {
+            "float 0-255": rgb.astype(np.float32),
+            "float 0-1": rgb.astype(np.float32) / 255,
+            "uint16": rgb.astype(np.uint16) * 257,
+        }[kind]
+        tifffile.imwrite(path, data)
+    image = read_image(path)
+    with open_slide(path) as slide:
+        as_slide = slide.read_region(0, 0, 0, 24, 40)
+    np.testing.assert_array_equal(image, rgb)
+    np.testing.assert_array_equal(as_slide, rgb)
 
 
 def test_read_mask_any_nonzero_channel(tmp_path: Path) -> None:

@@ -10,25 +10,20 @@ from PIL import Image, UnidentifiedImageError
 
 from wsol.atomic import atomic_path
 from wsol.errors import ImageReadError, InputError, require_file
+from wsol.slide.base import full_scale
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 MAP_SUFFIXES = (".npy", ".png", ".tif", ".tiff")
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """Scale integer or float data to uint8 (16-bit by its range, floats as [0, 1])."""
+    """Scale any data to uint8 by the rule slides use (:func:`wsol.slide.full_scale`),
+    so an image reads the same in ``wsol cam``, ``eval`` and ``train`` as in ``predict``
+    and the app."""
     if array.dtype == np.uint8:
         return array
-    if array.dtype == bool:
-        return array.astype(np.uint8) * 255
-    if np.issubdtype(array.dtype, np.integer):
-        hi = int(array.max()) if array.size else 0
-        scale = 255.0 / hi if hi > 255 else 1.0
-        return np.clip(array * scale, 0, 255).astype(np.uint8)
-    data = np.nan_to_num(array.astype(np.float32))
-    if data.max() > 1.0:
-        data = data / data.max()
-    return np.clip(np.round(data * 255), 0, 255).astype(np.uint8)
+    scaled = np.nan_to_num(array.astype(np.float32)) * (255.0 / full_scale(array))
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
 
 def _to_rgb(array: np.ndarray, path: Path) -> np.ndarray:
@@ -68,8 +63,8 @@ def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as RGB ``uint8 [H, W, 3]``.
 
     PNG, JPEG, BMP and other Pillow formats, and single-page TIFF through tifffile.
-    Grayscale is replicated, alpha is composited on white, 16-bit is scaled by its
-    range.
+    Grayscale is replicated, alpha is composited on white; other bit depths are
+    scaled as slides scale them (:func:`wsol.slide.base.full_scale`).
     """
     path = Path(path)
     return _to_rgb(_read_pixels(path, "image", palette_to_rgb=True), path)

@@ -207,24 +207,37 @@ class _LevelView:
         return self.slide.read_region(self.level, y0, x0, y1 - y0, x1 - x0)[:, :, cs]
 
 
+def full_scale(pixels: np.ndarray) -> float:
+    """The value that means full intensity in an image's pixels.
+
+    Integers: their type's maximum (65535 for the int32 arrays Pillow gives for 16-bit
+    images), whatever the data, so every tile of a slide scales alike. Floats: 1.0 when
+    the data stays within [0, 1], 255 within [0, 255] (8-bit values saved as floats),
+    else the data's maximum. Files and in-memory images alike go through this rule.
+    """
+    if pixels.dtype == bool:
+        return 1.0
+    if np.issubdtype(pixels.dtype, np.integer):
+        if pixels.dtype == np.int32:
+            return 65535.0
+        return float(np.iinfo(pixels.dtype).max)
+    top = float(np.nanmax(pixels)) if pixels.size else 1.0
+    return 1.0 if not top > 1.0 else 255.0 if top <= 255.0 else top
+
+
 def to_rgb8(pixels: np.ndarray, max_value: float | None = None) -> np.ndarray:
     """Convert ``[h, w]``, ``[h, w, c]`` pixels of any dtype to RGB uint8.
 
-    ``max_value`` is the value that maps to 255 (the bit depth's maximum for integers,
-    1.0 for floats, unless given); alpha (the 2nd or 4th channel) is composited on white;
-    one channel is repeated, more than four keep the first three.
+    ``max_value`` is the value that maps to 255 (default :func:`full_scale` of
+    ``pixels``); alpha (the 2nd or 4th channel) is composited on white; one channel is
+    repeated, more than four keep the first three.
     """
     if pixels.ndim == 2:
         pixels = pixels[..., None]
     channels = pixels.shape[-1]
     if pixels.dtype != np.uint8:
         if max_value is None:
-            if pixels.dtype == bool:
-                max_value = 1.0
-            elif np.issubdtype(pixels.dtype, np.integer):
-                max_value = float(np.iinfo(pixels.dtype).max)
-            else:
-                max_value = 1.0
+            max_value = full_scale(pixels)
         scaled = np.nan_to_num(pixels.astype(np.float32)) * (255.0 / max_value)
         pixels = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
     if channels in (2, 4) and pixels[..., -1].min() == 255:

@@ -39,9 +39,7 @@ class ImageSlide(Slide):
             raise SlideError(f"{path}: not a readable {kind.upper()} image ({exc})") from exc
         if pixels.ndim not in (2, 3) or min(pixels.shape[:2]) == 0:
             raise SlideError(f"{path}: unsupported image shape {pixels.shape}")
-        # 16-bit PNGs arrive as int32 from PIL; their range is 16 bits.
-        max_value = 65535.0 if pixels.dtype in (np.int32, np.uint16, np.int16) else None
-        self._pixels = to_rgb8(pixels, max_value)
+        self._pixels = to_rgb8(pixels)  # 16-bit PNGs arrive as int32: see full_scale
         h, w = self._pixels.shape[:2]
         self._levels = [Level((h, w), 1.0, (min(h, 512), min(w, 512)))]
         self._vendor, self._mpp = kind, None

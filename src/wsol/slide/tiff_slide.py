@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from wsol.errors import SlideError
-from wsol.slide.base import Level, Slide, to_rgb8
+from wsol.slide.base import Level, Slide, full_scale, to_rgb8
 
 _RESOLUTION_UNIT_UM = {2: 25400.0, 3: 10000.0}  # inch, centimetre
 
@@ -54,6 +54,12 @@ class TiffSlide(Slide):
             levels.append(Level((h, w), (h0 / h + w0 / w) / 2, (min(tile[0], h), min(tile[1], w))))
         self._levels = levels
         self._vendor = "ome-tiff" if self._tif.is_ome else "tiff"
+        if self._max_value is None and np.issubdtype(series.dtype, np.floating):
+            # Float pixels: [0, 1] or [0, 255], judged once from the smallest level so
+            # every tile of the slide scales alike (not from each tile's own values).
+            small = self._arrays[-1]
+            if int(np.prod(small.shape)) <= 2**26:
+                self._max_value = full_scale(np.asarray(small[...]))
 
     def _check_data_within_file(self, series) -> None:
         """Reject truncated files and impossible sizes up front, not tile by tile later."""
