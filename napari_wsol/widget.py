@@ -924,6 +924,8 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
             done = f"Done: the stored maps of all {result.tiles_total} tiles, none recomputed"
         else:
             done = f"Done: {n} tiles in {result.seconds:.1f} s"
+        if result.no_tissue_found:
+            done += ". No tissue found on the slide (no stain), so every tile was run"
         if self._added_hidden:
             done += (
                 f". Showing {self._lead}; {', '.join(self._added_hidden)} added hidden "

@@ -276,6 +276,23 @@ def test_predict_on_a_plain_png_and_a_pyramidal_tiff(
     assert "121 tissue tiles, 0 run" in capsys.readouterr().out
 
 
+def test_predict_runs_every_tile_of_a_slide_without_stain(
+    tmp_path: Path, checkpoint: Path, capsys
+) -> None:
+    """A TIFF is a slide, so tissue is detected; in a grayscale one it is found nowhere,
+    and skipping every tile would give empty outputs: every tile runs, and it says so."""
+    grey = tmp_path / "grey.tif"
+    tifffile.imwrite(grey, np.asarray(Image.open(sample_path("he_tile")).convert("L")))
+    options = ["--checkpoint", str(checkpoint), "--methods", "cam", "--level", "0"]
+    assert main(["predict", str(grey), *options, "--out", str(tmp_path / "auto")]) == 0
+    out = capsys.readouterr().out
+    assert "121 tissue tiles" in out and "no tissue found anywhere" in out
+    # Asked for explicitly, detection keeps to the tissue it finds: none.
+    assert main(["predict", str(grey), *options, "--out", str(tmp_path / "on"), "--tissue"]) == 0
+    out = capsys.readouterr().out
+    assert "0 tissue tiles" in out and "--no-tissue runs every tile" in out
+
+
 def test_predict_takes_the_pixel_size_of_an_image_that_records_none(tmp_path: Path, capsys) -> None:
     """The PNG tile records no pixel size. Read at the model's 1 µm/px it makes 11 x 11
     tiles of 64 px; given as 0.5 µm/px (what it is), each tile covers twice the pixels,

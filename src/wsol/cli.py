@@ -688,6 +688,13 @@ def _predict(args: argparse.Namespace) -> int:
         )
         if note:
             print(f"  note: {note}")
+        if result.no_tissue_found:
+            print(
+                "  note: no tissue found anywhere (the detector looks for stain; a grayscale "
+                "or unstained image has none), so every tile was run"
+            )
+        elif result.tiles_total == 0:
+            print("  note: no tile has enough tissue; --no-tissue runs every tile")
     if failed:
         print(f"wsol predict: {len(failed)} of {len(args.slides)} slide(s) failed", file=sys.stderr)
         return EXIT_INPUT

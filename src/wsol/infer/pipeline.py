@@ -37,6 +37,9 @@ class InferenceResult:
     cancelled: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     tissue_mask: TissueMask | None = None  # the slide's, as given or detected
+    # ``tissue`` left to its default on a slide whose detection found no tissue at all (a
+    # grayscale or unstained image): every tile was run instead of none.
+    no_tissue_found: bool = False
 
     @property
     def tiles_per_second(self) -> float:
@@ -153,8 +156,16 @@ def infer_slide(
         target = 1
     if target is not None and not 0 <= target < config.num_classes:
         raise InputError(f"target {target} out of range for {config.num_classes} classes")
+    no_tissue_found = False
     if tissue is None:
         tissue = slide.backend != "image"
+        if tissue:
+            tissue_mask = tissue_mask if tissue_mask is not None else detect_tissue(slide)
+            # The detector looks for stain: where it finds none anywhere it does not
+            # apply, and skipping every tile would leave the user with nothing.
+            no_tissue_found = not tissue_mask.mask.any()
+            if no_tissue_found:
+                tissue, tissue_mask = False, None
 
     dtype = autocast_dtype(model.device, precision)
     if precision == "auto" and model.device.type == "cpu" and "scorecam" in methods:
@@ -194,11 +205,15 @@ def infer_slide(
         selected &= keep
     total = int(selected.sum())
     if store.complete:
-        return InferenceResult(store, total, 0, 0.0, tissue_mask=tissue_mask)
+        return InferenceResult(
+            store, total, 0, 0.0, tissue_mask=tissue_mask, no_tissue_found=no_tissue_found
+        )
     plan = _Plan(grid, store, np.flatnonzero(selected), roi)
     if not len(plan.order):
         store.set_complete(0.0)
-        return InferenceResult(store, total, 0, 0.0, tissue_mask=tissue_mask)
+        return InferenceResult(
+            store, total, 0, 0.0, tissue_mask=tissue_mask, no_tissue_found=no_tissue_found
+        )
 
     runner = _Runner(model, slide, grid, methods, target, dtype, cam_options, refine)
     done = total - len(plan.order)
@@ -259,6 +274,7 @@ def infer_slide(
         cancelled,
         runner.timings,
         tissue_mask,
+        no_tissue_found,
     )
 
 
