@@ -566,6 +566,11 @@ def test_train_rejects_bad_corrections(tmp_path: Path, checkpoint: Path, capsys)
         code == 2
         and "img0.png: corrections must be 0 (none), 1 (bg), 2 (fg)" in capsys.readouterr().err
     )
+    # Strokes painted on another image size would land elsewhere once stretched.
+    Image.fromarray(np.full((8, 40), 2, np.uint8)).save(data / "corrections" / "img0.png")
+    train = ["train", str(data), "--stage", "heads", "--checkpoint", str(checkpoint), "--out"]
+    assert main([*train, str(tmp_path / "o.safetensors")]) == 2
+    assert "img0.png: corrections are 40x8 but image img0.png is 32x32" in capsys.readouterr().err
 
 
 def test_eval_faithfulness_and_dense_crf(tmp_path: Path, checkpoint: Path, capsys) -> None:

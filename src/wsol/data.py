@@ -53,6 +53,7 @@ class Batch:
     present: torch.Tensor  # bool [B, C] classes present (one per row unless multi-label)
     class_masks: torch.Tensor | None = None  # bool [B, C, S, S], multi-label only
     has_class_mask: torch.Tensor | None = None  # bool [B, C]
+    shapes: list[tuple[int, int]] | None = None  # each image's (H, W) before resizing
 
 
 class WSOLDataset:
@@ -228,9 +229,10 @@ class WSOLDataset:
         empty = torch.zeros(size, size, dtype=torch.bool)
         for start in range(0, len(self), batch_size):
             idx = range(start, min(start + batch_size, len(self)))
-            images, masks, has_mask, class_masks = [], [], [], []
+            images, masks, has_mask, class_masks, shapes = [], [], [], [], []
             for i in idx:
                 image, mask = self.load(i)
+                shapes.append(image.shape[:2])
                 images.append(resize_image(image, size))
                 has_mask.append(mask is not None)
                 masks.append(resize_mask(mask, size) if mask is not None else empty)
@@ -258,6 +260,7 @@ class WSOLDataset:
                     if self.multilabel
                     else None
                 ),
+                shapes=shapes,
             )
 
 

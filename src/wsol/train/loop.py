@@ -85,10 +85,11 @@ class TrainData:
         images that have one (``masks/``) become full pixel labels (fully labelled
         images, e.g. for the ``guided`` stage); painted corrections still override them.
         """
-        images, labels, masks = [], [], []
+        images, labels, masks, shapes = [], [], [], []
         for batch in dataset.batches(64, size):
             images.append(batch.images)
             labels.append(batch.labels)
+            shapes += batch.shapes
             if masks_as_labels:
                 truth = torch.where(batch.masks, FG, BG)
                 masks.append(torch.where(batch.has_mask[:, None, None], truth, IGNORE))
@@ -102,6 +103,12 @@ class TrainData:
                 if not path.exists():
                     continue
                 painted = torch.from_numpy(_read_labels(path))
+                if tuple(painted.shape) != tuple(shapes[i]):
+                    (h, w), (ph, pw) = shapes[i], painted.shape
+                    raise InputError(
+                        f"{path}: corrections are {pw}x{ph} but image "
+                        f"{sample.image.name} is {w}x{h}"
+                    )
                 painted = F.interpolate(
                     painted[None, None].float(), size=(size, size), mode="nearest"
                 )[0, 0].long()
