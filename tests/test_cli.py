@@ -130,6 +130,37 @@ def test_bad_input_exits_2_with_a_message_naming_the_file(
     assert not (tmp_path / "o.npy").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["create-model", "m.safetensors", "--input-size", "0"],
+            "--input-size: 0: must be at least 1",
+        ),
+        (["create-model", "m.safetensors", "--mpp", "-1"], "--mpp: -1: must be above 0"),
+        (["create-model", "m.safetensors", "--decoder-channels", "0,0"], "channel counts >= 1"),
+        (
+            ["train", "d", "--stage", "heads", "--checkpoint", "c", "--out", "o", "--lr", "0"],
+            "--lr: 0",
+        ),
+        (
+            ["predict", "s.svs", "--checkpoint", "c", "--out", "o", "--device", "bogus"],
+            "not a torch device",
+        ),
+    ],
+)
+def test_impossible_settings_are_argparse_errors(args, message, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_unknown_backbone_is_named(tmp_path: Path, capsys) -> None:
+    out = str(tmp_path / "m.safetensors")
+    assert main(["create-model", out, "--backbone", "resnet1000"]) == 2
+    assert "unknown timm backbone 'resnet1000'" in capsys.readouterr().err
+
+
 def test_unknown_method_is_an_argparse_error(capsys) -> None:
     with pytest.raises(SystemExit) as info:
         main(["cam", "x.png", "--checkpoint", "c", "--method", "gradkam", "--out", "o.npy"])

@@ -35,6 +35,54 @@ def _method(text: str) -> str:
     return names[0]
 
 
+def _count(text: str) -> int:
+    """An integer option that must be at least 1 (sizes, steps, batches, threads)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return value
+
+
+def _positive(text: str) -> float:
+    """A float option that must be above 0 (learning rates, pixel sizes)."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be above 0")
+    return value
+
+
+def _device(text: str) -> str:
+    """A torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a torch device ({exc})") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: no CUDA GPU on this machine; use cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: no Apple GPU on this machine; use cpu")
+    return text
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
+    return value
+
+
+def _channels(text: str) -> str:
+    try:
+        values = [int(c) for c in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated channel counts >= 1")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsol",
@@ -78,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--methods", type=_methods, default="cam,gradcam")
     p.add_argument("--json", type=Path, help="write the metrics here")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=_count, default=16)
     p.add_argument("--tau", type=float, help="also report Dice/IoU at this threshold")
     p.add_argument("--no-boxes", action="store_true", help="skip MaxBoxAcc / MaxBoxAccV2")
     p.add_argument(
@@ -131,19 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--target", help="class to explain (default: the positive class)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--mpp", type=float, help="microns per pixel the model sees")
+    where.add_argument("--mpp", type=_positive, help="microns per pixel the model sees")
     where.add_argument("--level", type=int, help="slide level the model sees")
     p.add_argument(
         "--slide-mpp",
         type=float,
         help="microns per pixel of slides whose file records none (a recorded one is kept)",
     )
-    p.add_argument("--tile", type=int, help="tile side (default: the model's input size)")
+    p.add_argument("--tile", type=_count, help="tile side (default: the model's input size)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction")
-    p.add_argument("--map-downsample", type=int, default=4, help="tile pixels per map pixel")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=2, help="tile-reading threads")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.add_argument("--map-downsample", type=_count, default=4, help="tile pixels per map pixel")
+    p.add_argument("--batch-size", type=_count, default=16)
+    p.add_argument("--workers", type=_count, default=2, help="tile-reading threads")
+    p.add_argument(
+        "--device", type=_device, default=None, help="torch device (default: cuda if available)"
+    )
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -175,9 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="model to start from")
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
-    p.add_argument("--size", type=int, help="image size (default: the model's input size)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--steps", type=int, help="optimizer steps of the heads stage")
+    p.add_argument("--size", type=_count, help="image size (default: the model's input size)")
+    p.add_argument("--epochs", type=_count, default=10)
+    p.add_argument("--steps", type=_count, help="optimizer steps of the heads stage")
     p.add_argument(
         "--heads",
         default="fcam,pixelcam",
@@ -208,8 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
         "512x512 px of images (default: no limit, every step; the steps then depend on "
         "the machine's speed)",
     )
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=_count, default=16)
+    p.add_argument("--lr", type=_positive, default=1e-3)
     p.add_argument("--cam-method", default="gradcampp", help="CAM the seeds come from")
     p.add_argument(
         "--bg-fraction", type=float, default=0.3, help="seeds: lowest fraction of the CAM = bg"
@@ -226,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guide-weight", type=float, default=1.0, help="guided: pixel loss weight")
     p.add_argument(
         "--kernel-usage",
-        type=float,
+        type=_non_negative,
         help="classifier/guided: Kernel Usage Regularization strength (0 turns it off)",
     )
     p.add_argument("--seed", type=int, default=0)
@@ -235,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--half", action="store_true", help="store the final weights as float16 (half the size)"
     )
     p.add_argument("--restart", action="store_true", help="ignore a resumable state at --out")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.add_argument(
+        "--device", type=_device, default=None, help="torch device (default: cuda if available)"
+    )
 
     p = sub.add_parser(
         "make-benchmark", help="build a WSOL dataset with ground truth from real H&E slides"
@@ -256,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="multilabel: slides for lesion_b (default --lesion)",
     )
     p.add_argument("--downsample-b", type=float, default=5.5, help="multilabel: lesion_b's")
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--size", type=_count, default=128)
     p.add_argument("--downsample", type=float, default=2.0, help="level-0 px per tile px")
     p.add_argument(
         "--tiles", type=int, nargs=3, default=(400, 100, 200), metavar=("TRAIN", "VAL", "TEST")
@@ -268,14 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--classes", default="negative,positive", help="comma-separated class names")
     p.add_argument("--pretrained", help="local timm weights file, or 'timm' to download")
-    p.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--mpp", type=float, help="microns per pixel the model is trained at")
+    p.add_argument("--input-size", type=_count, default=224)
+    p.add_argument("--mpp", type=_positive, help="microns per pixel the model is trained at")
     p.add_argument(
         "--multilabel", action="store_true", help="several classes per image (sigmoid + BCE)"
     )
     p.add_argument(
         "--kernel-usage",
-        type=float,
+        type=_non_negative,
         default=0.0,
         help="Kernel Usage Regularization strength of the classifier (0: off)",
     )
@@ -288,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--decoder-channels",
+        type=_channels,
         default="256,128,64,32,16",
         help="F-CAM decoder widths, deepest first (comma-separated)",
     )
@@ -302,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size", type=int, default=224)
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--scorecam-images", type=int, default=1)
-    b.add_argument("--device", default="cpu")
+    b.add_argument("--device", type=_device, default="cpu")
     b.add_argument("--no-reference", action="store_true", help="skip pytorch-grad-cam")
     b.add_argument(
         "--precision",
@@ -337,7 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--checkpoint", type=Path, help="also save the trained model here")
-    b.add_argument("--device", default="cpu", help="torch device (cuda: float16 autocast)")
+    b.add_argument(
+        "--device", type=_device, default="cpu", help="torch device (cuda: float16 autocast)"
+    )
     b.add_argument("--json", type=Path, help="write the report here")
     b = bench.add_parser("corrections", help="simulated user strokes, heads fine-tuned per round")
     b.add_argument("data", type=Path, help="a make-benchmark folder (test/)")
@@ -426,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--checkpoint", type=Path, required=True, help="a `bench quality` model")
     b.add_argument("--sizes", default="256,512,1024", help="tile sides to time")
     b.add_argument("--repeats", type=int, default=5)
-    b.add_argument("--device", default="cpu")
+    b.add_argument("--device", type=_device, default="cpu")
     b.add_argument("--json", type=Path, help="write the report here")
     b = bench.add_parser("guided", help="guided CAM vs CAM/F-CAM/PixelCAM with k labelled images")
     b.add_argument("data", type=Path, help="a make-benchmark folder (train/, test/)")
@@ -444,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--batch-size", type=int, default=16)
     b.add_argument("--workers", type=int, default=2)
-    b.add_argument("--device", default="cpu")
+    b.add_argument("--device", type=_device, default="cpu")
     b.add_argument("--json", type=Path, help="write the report here")
     return parser
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import timm
 from torch import nn
 
-from wsol.errors import PretrainedWeightsError
+from wsol.errors import InputError, PretrainedWeightsError
 
 # timm modules whose last tap is a bare max-pool of the one before. WSOL practice
 # (e.g. "Evaluating WSOL Methods Right") takes the CAM from the last convolution, at
@@ -22,7 +22,7 @@ _TOKEN_FAMILIES = ("vision_transformer", "deit", "eva", "vision_transformer_hybr
 def backbone_family(backbone: str) -> str:
     """The timm module that defines ``backbone`` (``resnet``, ``vgg``, ``deit`` ...)."""
     if not timm.models.is_model(backbone):
-        raise ValueError(f"unknown timm backbone {backbone!r}")
+        raise InputError(f"unknown timm backbone {backbone!r} (see timm.list_models())")
     return timm.models.model_entrypoint(backbone).__module__.rsplit(".", 1)[-1]
 
 
@@ -77,7 +77,7 @@ def build_encoder(
     except (TypeError, AssertionError, NotImplementedError) as exc:
         if "output_stride" in kwargs:
             # timm backbones without dilation reject the argument in their own ways
-            raise ValueError(
+            raise InputError(
                 f"backbone {backbone!r} does not support output_stride={output_stride} "
                 f"(dilation); use a ResNet-family backbone or leave it unset"
             ) from exc
