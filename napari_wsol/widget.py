@@ -914,6 +914,9 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         if result.tissue_mask is not None:
             self._tissue[slide_key(self._run_layer)] = result.tissue_mask
         self._open_store(result.store, self._run_layer, levels, spread=True)
+        # On a turn after the overlays' updates: taken away in the same handler, a mask
+        # or the disagreement crashed llvmpipe's next frame (segfault in glDrawArrays).
+        self._later(self._remove_layers, self._stale_layers(result.store.methods))
         self._show_scores()
         n = result.tiles_run
         if result.cancelled:
@@ -999,6 +1002,34 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
             run(self._refresh_disagreement)
         if levels is not None:
             run(self._update_area)
+
+    def _stale_layers(self, methods) -> list[str]:
+        """The app's overlays, masks and disagreement of maps a run of ``methods``
+        will not have.
+
+        A run with other methods replaces the store: what the old maps showed could no
+        longer be thresholded, exported or refreshed, and would sit beside the new maps
+        as if it were one of them.
+        """
+        from napari_wsol._thresholds import difference_name
+
+        stale = [
+            layer.name
+            for layer in self.viewer.layers
+            if layer.metadata.get("wsol_method") in METHODS
+            and layer.metadata["wsol_method"] not in methods
+        ]
+        pair = self.session.state.disagreement
+        if pair and not set(pair) <= set(methods):
+            self.session.state.disagreement = None
+            if difference_name(*pair) in self.viewer.layers:
+                stale.append(difference_name(*pair))
+        return stale
+
+    def _remove_layers(self, names: list[str]) -> None:
+        for name in names:
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
 
     def _show_overlay(self, method: str) -> None:
         """Create or update the overlay layer of one map of :attr:`store`."""

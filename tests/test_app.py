@@ -745,6 +745,25 @@ def test_faithfulness_of_the_view_matches_the_engine(app, qtbot) -> None:
         assert f"{expected[method]['insertion_auc']:.1f}" in table
 
 
+def test_a_run_with_other_methods_takes_the_old_maps_layers_away(app, qtbot) -> None:
+    """The store the old maps were in is replaced: their overlays, masks and
+    disagreement would otherwise stay on screen, unreachable from the tabs."""
+    viewer, widget, _ = app
+    widget.thr_method.value = "fcam"
+    widget.threshold.value = 0.4
+    _mask_made(qtbot, viewer, widget)
+    widget.diff_a.value, widget.diff_b.value = "fcam", "cam"
+    widget.show_disagreement()
+    widget.methods.value = ["cam", "gradcam"]
+    widget.run()
+    _wait(qtbot, widget)
+    qtbot.waitUntil(lambda: not widget._turns, timeout=5000)
+    names = {layer.name for layer in viewer.layers}
+    assert {"cam", "gradcam"} <= names
+    assert not names & {"fcam", "gradcampp", "pixelcam", "fcam mask", "|fcam - cam|"}
+    assert widget.session.state.disagreement is None
+
+
 def test_pseudo_labels_cancel_leaves_no_labels(app, qtbot) -> None:
     viewer, widget, _ = app
     widget.make_pseudo_labels()
