@@ -298,3 +298,21 @@ def test_an_older_session_file_gets_the_new_fine_tune_defaults(tmp_path: Path) -
     assert tune["heads"] == ["pixelcam"] and tune["steps"] == 15 and tune["lr"] == 3e-4
     assert tune["keep_weight"] == FINE_TUNE["keep_weight"] and tune["crop"] == FINE_TUNE["crop"]
     assert tune["keep_fg"] == FINE_TUNE["keep_fg"] and tune["seconds"] == FINE_TUNE["seconds"]
+
+
+@pytest.mark.parametrize(
+    ("state", "problem"),
+    [
+        ([], "malformed session state"),
+        ({"current": 5}, "current 5 is not a version"),
+        ({"methods": ["cam", "bogus"]}, "methods ['cam', 'bogus']"),
+        ({"thresholds": {"cam": "high"}}, "must be numbers in [0, 1]"),
+        ({"thresholds": {"cam": 7}}, "must be numbers in [0, 1]"),
+        ({"edit_region": {"y": 0}}, "edit_region"),
+    ],
+)
+def test_a_damaged_session_file_is_named_when_opened(tmp_path: Path, state, problem) -> None:
+    (tmp_path / "session.json").write_text(json.dumps({"format": 1, "state": state}))
+    with pytest.raises(InputError, match=r"session\.json: malformed session state") as info:
+        Session.load(tmp_path)
+    assert problem in str(info.value)

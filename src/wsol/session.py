@@ -110,8 +110,11 @@ class Session:
         known = {f.name for f in fields(SessionState)}
         try:
             state = SessionState(**{k: v for k, v in data["state"].items() if k in known})
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"{path}: malformed session state ({exc})") from exc
+        problem = _state_problem(state)
+        if problem:
+            raise InputError(f"{path}: malformed session state ({problem})")
         return cls(folder, state)
 
     def save(self) -> Path:
@@ -267,6 +270,30 @@ class Session:
                 f"up to {labels.max(initial=0)}; expected {region.shape}, 0..2"
             )
         return labels.astype(np.uint8)
+
+
+def _state_problem(state: SessionState) -> str | None:
+    """What makes a loaded state unusable (None: nothing), so that a hand-edited or
+    damaged session file is named when opened, not met as a traceback later."""
+    from wsol.cams import METHODS
+
+    if not isinstance(state.versions, list) or not all(isinstance(v, str) for v in state.versions):
+        return "versions must be a list of file names"
+    if not isinstance(state.current, int) or not 0 <= state.current <= len(state.versions):
+        return f"current {state.current!r} is not a version (0..{len(state.versions)})"
+    if not isinstance(state.methods, list) or not set(state.methods) <= set(METHODS):
+        return f"methods {state.methods!r}: choose from {', '.join(METHODS)}"
+    thresholds = state.thresholds
+    if not isinstance(thresholds, dict) or not all(
+        isinstance(t, int | float) and 0 <= t <= 1 for t in thresholds.values()
+    ):
+        return f"thresholds {thresholds!r} must be numbers in [0, 1]"
+    if state.edit_region is not None:
+        try:
+            Region.from_dict(state.edit_region)
+        except (KeyError, TypeError, ValueError) as exc:
+            return f"edit_region {state.edit_region!r} ({exc!r})"
+    return None
 
 
 def default_session_folder(stem: str = "session") -> Path:
