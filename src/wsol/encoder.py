@@ -82,7 +82,7 @@ def build_encoder(
                 f"(dilation); use a ResNet-family backbone or leave it unset"
             ) from exc
         raise
-    except (OSError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # loading a user's file or a download: their errors, named
         if not kwargs["pretrained"]:
             raise
         if isinstance(pretrained, (str, Path)):

@@ -55,7 +55,13 @@ def _read_pixels(path: Path, what: str, palette_to_rgb: bool) -> np.ndarray:
             if palette_to_rgb and img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
                 img = img.convert("RGBA" if "A" in img.mode or img.mode == "P" else "RGB")
             return np.array(img)
-    except (UnidentifiedImageError, OSError, ValueError, tifffile.TiffFileError) as exc:
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        OSError,
+        ValueError,
+        tifffile.TiffFileError,
+    ) as exc:
         raise ImageReadError(f"{path}: cannot read {what} ({exc})") from exc
 
 
