@@ -366,6 +366,15 @@ def test_disagreement_layer_is_the_absolute_difference(app) -> None:
     np.testing.assert_allclose(diff, np.abs(fcam - cam), atol=1e-6)
 
 
+def _mask_and_disagreement(qtbot, viewer, widget, threshold: float) -> None:
+    """An F-CAM mask at ``threshold`` and the |fcam - cam| layer."""
+    widget.thr_method.value = "fcam"
+    widget.threshold.value = threshold
+    _mask_made(qtbot, viewer, widget)
+    widget.diff_a.value, widget.diff_b.value = "fcam", "cam"
+    widget.show_disagreement()
+
+
 def _mask_made(qtbot, viewer, widget, method: str = "fcam"):
     qtbot.waitUntil(lambda: f"{method} mask" in viewer.layers and not widget._turns, timeout=5000)
     return viewer.layers[f"{method} mask"]
@@ -749,11 +758,7 @@ def test_a_run_with_other_methods_takes_the_old_maps_layers_away(app, qtbot) -> 
     """The store the old maps were in is replaced: their overlays, masks and
     disagreement would otherwise stay on screen, unreachable from the tabs."""
     viewer, widget, _ = app
-    widget.thr_method.value = "fcam"
-    widget.threshold.value = 0.4
-    _mask_made(qtbot, viewer, widget)
-    widget.diff_a.value, widget.diff_b.value = "fcam", "cam"
-    widget.show_disagreement()
+    _mask_and_disagreement(qtbot, viewer, widget, 0.4)
     widget.methods.value = ["cam", "gradcam"]
     widget.run()
     _wait(qtbot, widget)
@@ -968,11 +973,7 @@ def test_session_round_trip_reproduces_the_layers(
     app, qtbot, make_napari_viewer, tmp_path: Path
 ) -> None:
     viewer, widget, _ = app
-    widget.thr_method.value = "fcam"
-    widget.threshold.value = 0.35
-    _mask_made(qtbot, viewer, widget)
-    widget.diff_a.value, widget.diff_b.value = "fcam", "cam"
-    widget.show_disagreement()
+    _mask_and_disagreement(qtbot, viewer, widget, 0.35)
     widget.steps.value, widget.lr.value, widget.seconds.value = 7, 3.5e-4, 2.5
     _, corrections = _labels_of(viewer, widget, qtbot)
     with corrections.block_history():

@@ -35,20 +35,21 @@ def _method(text: str) -> str:
     return names[0]
 
 
-def _count(text: str) -> int:
-    """An integer option that must be at least 1 (sizes, steps, batches, threads)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
-    return value
+def _bounded(cast, low: float, above: bool, rule: str):
+    """An argparse type: ``cast(text)``, which must be above ``low`` (or at least it)."""
+
+    def parse(text: str):
+        value = cast(text)
+        if not (value > low if above else value >= low):  # NaN fails both
+            raise argparse.ArgumentTypeError(f"{text}: must be {rule}")
+        return value
+
+    return parse
 
 
-def _positive(text: str) -> float:
-    """A float option that must be above 0 (learning rates, pixel sizes)."""
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be above 0")
-    return value
+_count = _bounded(int, 1, False, "at least 1")  # sizes, steps, batches, threads
+_positive = _bounded(float, 0.0, True, "above 0")  # learning rates, pixel sizes
+_non_negative = _bounded(float, 0.0, False, "0 or more")  # regularization strengths
 
 
 def _device(text: str) -> str:
@@ -64,13 +65,6 @@ def _device(text: str) -> str:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise argparse.ArgumentTypeError(f"{text!r}: no Apple GPU on this machine; use cpu")
     return text
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
-    return value
 
 
 def _channels(text: str) -> str:
