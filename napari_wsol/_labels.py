@@ -330,6 +330,7 @@ class LabelsMixin:
         if result.timed_out:  # a slow machine: the time limit ended the round early
             steps = f"{result.steps_done} of {self.steps.value} steps in the time limit"
         self.status.value = f"Saved {path.name} ({steps}, {seconds:.1f} s{kept})."
-        if self.store is not None:
-            # Refresh the overlays with the new heads, on the image they are of.
-            self._then = lambda: self._run_maps(self._maps_layer)
+        if self.store is not None and self._maps_layer is self._edit_layer:
+            # Refresh the overlays with the new heads. Maps of another image are that
+            # image's session's, not this new version's: they stay as they are.
+            self._then = lambda: self._run_maps(self._edit_layer)

@@ -578,8 +578,11 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         self.session.state.current = index
         self._save_session()
         self.status.value = f"Model version {self.version.value}."
-        if self.store is not None:
-            self._run_maps(self._maps_layer)  # show what this version sees
+        if self.store is not None and self._maps_layer is not None:
+            # Show what this version sees, where the shown maps are of this session's
+            # image (maps of another image belong to that image's session).
+            if slide_key(self._maps_layer) == self._session_key:
+                self._run_maps(self._maps_layer)
 
     # ================================================================ jobs
     def _busy(self, busy: bool) -> None:

@@ -1054,6 +1054,24 @@ def test_each_image_works_in_its_own_session(app, qtbot, tmp_path: Path) -> None
     assert widget.session.folder == tmp_path / "saved"  # the other's, where it was saved
 
 
+def test_a_round_on_one_image_leaves_another_images_maps_and_session(
+    app, qtbot, tmp_path: Path
+) -> None:
+    """Maps shown of the tile, labels and a round on another image: the new version is
+    that image's, so the tile's maps are not recomputed with it (which would also have
+    moved the work back to the tile's session)."""
+    viewer, widget, tile = app
+    first = widget.session
+    widget.image.value = _second_image(viewer, tile, tmp_path)
+    _labels_of(viewer, widget, qtbot)
+    second = widget.session
+    widget.steps.value, widget.seconds.value = 2, 0
+    widget.fine_tune()
+    _wait(qtbot, widget)
+    assert widget.session is second and second.state.versions == ["models/v001.safetensors"]
+    assert first.state.versions == [] and widget.status.value.startswith("Saved v001")
+
+
 def test_fine_tune_trains_on_the_labelled_image_not_the_chosen_one(
     app, qtbot, tmp_path: Path
 ) -> None:
