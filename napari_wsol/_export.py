@@ -165,8 +165,9 @@ class ExportSessionMixin:
         self.session, store, levels = payload
         if self._session_key is not None:
             self._sessions[self._session_key] = self.session
-        if store is not None and self._maps_layer is not None:
-            # The copied maps stay on the image they are of, not the one chosen now.
+        if store is not None and self._maps_of_session():
+            # The copied maps stay on the image they are of; maps of another image shown
+            # now are that image's session's, and stay.
             self._open_store(store, self._maps_layer, levels)
         if self._edit is not None:  # strokes made while the files were copied
             self._saved_corrections = None
@@ -186,9 +187,10 @@ class ExportSessionMixin:
         key = slide_key(layer)
         if self._session_key in (None, key):
             self._session_key = key
+            self._sessions[key] = self.session
+            self._record_slide(layer)
             return
         self._save_corrections()
-        self._sessions[self._session_key] = self.session
         session = self._sessions.get(key)
         if session is None:
             state = SessionState(**asdict(self.session.state))
@@ -199,8 +201,21 @@ class ExportSessionMixin:
             state.run_region = state.edit_region = None
             session = Session(self._new_session_folder(), state)
         self._use_session(session, key)
+        self._record_slide(layer)
         self._save_session()
         self.status.value = f"{layer.name}: working in session {session.folder}"
+
+    def _record_slide(self, layer) -> None:
+        """The session's image, from its first job on (pseudo-labels alone included), so
+        that *Open session* finds it."""
+        if self.session.state.slide is None:
+            self.session.state.slide = layer.metadata.get(SLIDE_KEY)
+            self.session.state.slide_mpp = layer.metadata.get("mpp")
+
+    def _maps_of_session(self) -> bool:
+        """Whether the maps shown are of this session's image (its corrections, store
+        and versions apply to them)."""
+        return self._maps_layer is not None and slide_key(self._maps_layer) == self._session_key
 
     def _new_session_folder(self) -> Path:
         taken = {self.session.folder, *(s.folder for s in self._sessions.values())}
@@ -213,6 +228,8 @@ class ExportSessionMixin:
 
     def _use_session(self, session: Session, key: str | None) -> None:
         """Make ``session`` the one the widget works in: its model and versions."""
+        if self._session_key is not None:  # kept, so that going back finds it
+            self._sessions[self._session_key] = self.session
         self.session = session
         self._session_key = key
         if key is not None:

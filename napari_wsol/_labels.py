@@ -91,7 +91,10 @@ class LabelsMixin:
 
     def _pseudo_done(self, result) -> None:
         if result is None:
-            self.status.value = "Pseudo-labels cancelled; the labels shown are unchanged."
+            shown = PSEUDO_LAYER in self.viewer.layers
+            self.status.value = "Pseudo-labels cancelled" + (
+                "; the labels shown are unchanged." if shown else "."
+            )
             return
         region, rgb, pseudo, corrections = result
         self._show_labels(self._edit_layer, region, pseudo, corrections, rgb, spread=True)

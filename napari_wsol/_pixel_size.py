@@ -78,8 +78,9 @@ class PixelSizeMixin:
             self._save_corrections()  # the strokes of this scale are on disk first
             edit = self._edit["region"]
         self._rescale_image(layer, mpp)
-        self.session.state.slide_mpp = mpp
-        self._save_session()
+        if slide_key(layer) == self._session_key:  # another image's session keeps its own
+            self.session.state.slide_mpp = mpp
+            self._save_session()
         self._show_pixel_size()
         size = f"{mpp:g} µm/px" if mpp else "not recorded (its pixels read at the model's scale)"
         note = f"Pixel size of {layer.name}: {size}."

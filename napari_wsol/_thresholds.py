@@ -116,8 +116,8 @@ class ThresholdsMixin:
         lay them (:meth:`wsol.session.Session.painted`: the edited region last, owning its
         box), when the masks keep them; each file is read again only once it has changed.
         """
-        if not self.keep_corrections.value:
-            return []
+        if not self.keep_corrections.value or not self._maps_of_session():
+            return []  # maps of another image: this session's strokes are not on it
         edit = self._edit["region"] if self._edit is not None else None
 
         def report(exc: Exception) -> None:
@@ -173,7 +173,7 @@ class ThresholdsMixin:
             "slide_mpp": place.slide_mpp,
             "label_names": {1: f"{class_name} ({method})"},
         }
-        return L.labels_layer(
+        layer = L.labels_layer(
             data,
             f"{method} mask",
             0.45,
@@ -182,6 +182,8 @@ class ThresholdsMixin:
             place.grid(self.store.scale(0)),
             multiscale=multiscale,
         )
+        layer.editable = False  # a view of the map: corrections go on their own layer
+        return layer
 
     def _threshold_moved(self) -> None:
         """The slider (or the method) changed: follow it, making the mask layer first.

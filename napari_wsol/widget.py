@@ -565,11 +565,14 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
     def _refresh_versions(self) -> None:
         names = self.session.version_names()
         with self.version.changed.blocked():
+            # Emptied first: magicgui keeps the items that survive a change of choices
+            # where they were and appends the rest, which scrambled the order.
+            self.version.choices = []
             self.version.choices = names
             self.version.value = names[self.session.state.current]
 
     def _version_changed(self) -> None:
-        names = list(self.version.choices)
+        names = self.session.version_names()  # by name: never trust the box's order
         if self.version.value not in names:
             return
         index = names.index(self.version.value)
@@ -581,7 +584,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         if self.store is not None and self._maps_layer is not None:
             # Show what this version sees, where the shown maps are of this session's
             # image (maps of another image belong to that image's session).
-            if slide_key(self._maps_layer) == self._session_key:
+            if self._maps_of_session():
                 self._run_maps(self._maps_layer)
 
     # ================================================================ jobs
@@ -663,6 +666,7 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         """Ask the running job to stop after its current step; its results so far stay."""
         if self.worker is not None:
             self._stop.set()
+            self._then = None  # nor the job queued after it
             self.status.value = "Cancelling after the current step…"
 
     def _failed(self, exc: Exception) -> None:
@@ -977,8 +981,8 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         """
         run = self._stepper(spread)
         self.store = store
+        self._maps_layer = layer  # first: which image's corrections apply follows from it
         self._painted = self._painted_now()
-        self._maps_layer = layer
         self._lead = next((m for m in LEAD_METHODS if m in store.methods), store.methods[0])
         self.levels = levels or {m: L.map_levels(store, m) for m in store.methods}
         self.session.state.store = str(store.path.relative_to(self.session.folder))

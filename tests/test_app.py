@@ -1033,6 +1033,9 @@ def test_each_image_works_in_its_own_session(app, qtbot, tmp_path: Path) -> None
     assert not viewer.layers["corrections"].data.any()  # the tile's stroke is not here
     assert widget.session.painted(widget.session.edit_region()) == []  # nor in its masks
     assert first.load_labels(region, "corrections")[30, 40] == 2  # kept where painted
+    with viewer.layers["corrections"].block_history():  # a stroke on the other image
+        viewer.layers["corrections"].paint((60, 60), 2)
+    assert widget._painted_now() == []  # does not reach the tile's maps shown
 
     fcam = viewer.layers["fcam"]
     scale, translate = tuple(fcam.scale), tuple(fcam.translate)
@@ -1070,6 +1073,30 @@ def test_a_round_on_one_image_leaves_another_images_maps_and_session(
     _wait(qtbot, widget)
     assert widget.session is second and second.state.versions == ["models/v001.safetensors"]
     assert first.state.versions == [] and widget.status.value.startswith("Saved v001")
+
+
+def test_the_version_box_follows_each_images_session_in_order(app, qtbot, tmp_path: Path) -> None:
+    """Versions of two images' sessions, back and forth: the box lists the session's
+    versions in order, and the one picked is the one loaded."""
+    viewer, widget, tile = app
+    widget.steps.value, widget.seconds.value = 2, 0
+    _labels_of(viewer, widget, qtbot)
+    widget.fine_tune()
+    _wait(qtbot, widget)
+    other = _second_image(viewer, tile, tmp_path)
+    widget.image.value = other
+    _labels_of(viewer, widget, qtbot)
+    widget.fine_tune()
+    _wait(qtbot, widget)
+    widget.image.value = tile
+    _labels_of(viewer, widget, qtbot)
+    names = widget.session.version_names()
+    assert list(widget.version.choices) == names and names[1] == "v001 (fine-tuned)"
+    assert widget.version.value == names[1]
+    widget.version.value = names[0]
+    _wait(qtbot, widget)
+    assert widget.session.state.current == 0
+    assert widget._current_model_path() == widget._checkpoint_path()
 
 
 def test_fine_tune_trains_on_the_labelled_image_not_the_chosen_one(
