@@ -163,8 +163,6 @@ class ExportSessionMixin:
 
     def _session_saved(self, payload) -> None:
         self.session, store, levels = payload
-        if self._session_key is not None:
-            self._sessions[self._session_key] = self.session
         if store is not None and self._maps_of_session():
             # The copied maps stay on the image they are of; maps of another image shown
             # now are that image's session's, and stay.
@@ -187,7 +185,6 @@ class ExportSessionMixin:
         key = slide_key(layer)
         if self._session_key in (None, key):
             self._session_key = key
-            self._sessions[key] = self.session
             self._record_slide(layer)
             return
         self._save_corrections()
@@ -228,12 +225,10 @@ class ExportSessionMixin:
 
     def _use_session(self, session: Session, key: str | None) -> None:
         """Make ``session`` the one the widget works in: its model and versions."""
-        if self._session_key is not None:  # kept, so that going back finds it
+        if self._session_key is not None:  # kept when left, so that going back finds it
             self._sessions[self._session_key] = self.session
         self.session = session
         self._session_key = key
-        if key is not None:
-            self._sessions[key] = session
         # The labelled region shown was the old session's: its strokes are not this one's.
         self._drop_label_layers()
         with self.checkpoint.changed.blocked():

@@ -581,11 +581,10 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         self.session.state.current = index
         self._save_session()
         self.status.value = f"Model version {self.version.value}."
-        if self.store is not None and self._maps_layer is not None:
+        if self.store is not None and self._maps_of_session():
             # Show what this version sees, where the shown maps are of this session's
             # image (maps of another image belong to that image's session).
-            if self._maps_of_session():
-                self._run_maps(self._maps_layer)
+            self._run_maps(self._maps_layer)
 
     # ================================================================ jobs
     def _busy(self, busy: bool) -> None:

@@ -111,9 +111,10 @@ def _check_loaded(encoder: nn.Module, path: Path, backbone: str) -> None:
     except Exception as exc:  # any unreadable file is the user's error
         raise PretrainedWeightsError(f"{path}: not a readable weights file ({exc})") from exc
 
+    from wsol.checkpoint import tensor_bytes  # here: wsol.checkpoint imports this module
+
     def digest(tensor) -> tuple:
-        data = tensor.detach().float().contiguous().numpy().tobytes()
-        return tuple(tensor.shape), hashlib.sha1(data).hexdigest()
+        return tuple(tensor.shape), hashlib.sha1(tensor_bytes(tensor.float())).hexdigest()
 
     # Matched by value, not name: timm's features-only wrappers rename modules
     # ("stages.0" becomes "stages_0"), and a file's names are the full model's.
