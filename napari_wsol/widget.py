@@ -920,9 +920,9 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         if result.tissue_mask is not None:
             self._tissue[slide_key(self._run_layer)] = result.tissue_mask
         self._open_store(result.store, self._run_layer, levels, spread=True)
-        # On a turn after the overlays' updates: taken away in the same handler, a mask
-        # or the disagreement crashed llvmpipe's next frame (segfault in glDrawArrays).
-        self._later(self._remove_layers, self._stale_layers(result.store.methods))
+        # Hidden, not removed: removing a mask layer in this state (by hand too) crashed
+        # llvmpipe's next frame of the slide (docs/scripts/stale_layer_crash.py).
+        self._later(self._hide_layers, self._stale_layers(result.store.methods))
         self._show_scores()
         n = result.tiles_run
         if result.cancelled:
@@ -1011,11 +1011,11 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
 
     def _stale_layers(self, methods) -> list[str]:
         """The app's overlays, masks and disagreement of maps a run of ``methods``
-        will not have.
+        will not have (and the disagreement is forgotten).
 
-        A run with other methods replaces the store: what the old maps showed could no
-        longer be thresholded, exported or refreshed, and would sit beside the new maps
-        as if it were one of them.
+        A run with other methods replaces the store: what the old maps showed can no
+        longer be thresholded, exported or refreshed, and would sit on screen beside the
+        new maps as if it were one of them.
         """
         from napari_wsol._thresholds import difference_name
 
@@ -1032,10 +1032,10 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
                 stale.append(difference_name(*pair))
         return stale
 
-    def _remove_layers(self, names: list[str]) -> None:
+    def _hide_layers(self, names: list[str]) -> None:
         for name in names:
             if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
+                self.viewer.layers[name].visible = False
 
     def _show_overlay(self, method: str) -> None:
         """Create or update the overlay layer of one map of :attr:`store`."""

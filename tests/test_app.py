@@ -754,7 +754,7 @@ def test_faithfulness_of_the_view_matches_the_engine(app, qtbot) -> None:
         assert f"{expected[method]['insertion_auc']:.1f}" in table
 
 
-def test_a_run_with_other_methods_takes_the_old_maps_layers_away(app, qtbot) -> None:
+def test_a_run_with_other_methods_hides_the_old_maps_layers(app, qtbot) -> None:
     """The store the old maps were in is replaced: their overlays, masks and
     disagreement would otherwise stay on screen, unreachable from the tabs."""
     viewer, widget, _ = app
@@ -763,10 +763,12 @@ def test_a_run_with_other_methods_takes_the_old_maps_layers_away(app, qtbot) -> 
     widget.run()
     _wait(qtbot, widget)
     qtbot.waitUntil(lambda: not widget._turns, timeout=5000)
-    names = {layer.name for layer in viewer.layers}
-    assert {"cam", "gradcam"} <= names
-    assert not names & {"fcam", "gradcampp", "pixelcam", "fcam mask", "|fcam - cam|"}
+    shown = {layer.name for layer in viewer.layers if layer.visible}
+    assert {"cam", "gradcam"} <= {layer.name for layer in viewer.layers}
+    assert not shown & {"fcam", "gradcampp", "pixelcam", "fcam mask", "|fcam - cam|"}
     assert widget.session.state.disagreement is None
+    # ... and the slide is drawn after it (removing them instead crashed llvmpipe here)
+    assert viewer.screenshot(canvas_only=True).any()
 
 
 def test_pseudo_labels_cancel_leaves_no_labels(app, qtbot) -> None:
