@@ -1033,9 +1033,13 @@ class WSOLWidget(ThresholdsMixin, LabelsMixin, PixelSizeMixin, ExportSessionMixi
         return stale
 
     def _hide_layers(self, names: list[str]) -> None:
+        """Hide ``names``; the run's lead map is then shown if none of its maps is."""
         for name in names:
             if name in self.viewer.layers:
                 self.viewer.layers[name].visible = False
+        maps = [layer for layer in self.viewer.layers if layer.name in self.store.methods]
+        if self._lead in self.viewer.layers and not any(layer.visible for layer in maps):
+            self.viewer.layers[self._lead].visible = True  # as the status line says
 
     def _show_overlay(self, method: str) -> None:
         """Create or update the overlay layer of one map of :attr:`store`."""

@@ -766,6 +766,11 @@ def test_a_run_with_other_methods_hides_the_old_maps_layers(app, qtbot) -> None:
     shown = {layer.name for layer in viewer.layers if layer.visible}
     assert {"cam", "gradcam"} <= {layer.name for layer in viewer.layers}
     assert not shown & {"fcam", "gradcampp", "pixelcam", "fcam mask", "|fcam - cam|"}
+    assert (
+        "cam" in shown
+        and widget.status.value.startswith("Done")
+        and "Showing cam" in (widget.status.value)
+    )
     assert widget.session.state.disagreement is None
     # ... and the slide is drawn after it (removing them instead crashed llvmpipe here)
     assert viewer.screenshot(canvas_only=True).any()
